@@ -1,0 +1,104 @@
+"""Domains and tasks: the tensors a run adapts between, checked once before training."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+
+def _to_float32(x: torch.Tensor) -> torch.Tensor:
+    return x.float()
+
+
+@dataclass(frozen=True)
+class Domain:
+    """One domain of a benchmark: inputs, optional labels, a name and class names.
+
+    Attributes:
+        name: the domain's name as used in configs, e.g. ``"webcam"``.
+        x: inputs, shape ``(n, *input_shape)``, stored in the smallest dtype that
+            keeps them exact (``uint8`` pixels, ``float32`` features, ...).
+        y: labels, shape ``(n,)``, ``int64`` in ``0 .. len(classes) - 1``; ``None``
+            for an unlabelled domain.
+        classes: class names, index ``k`` names label ``k``.
+        transform: maps a gathered batch of ``x`` (any leading size ``b``) to the
+            model's ``float32`` input of shape ``(b, *input_shape)``, using tensor
+            ops only so that it runs on the training device. Defaults to a cast.
+
+    The dataset loaders (:mod:`tladapt.data.datasets`) apply each benchmark's
+    whole-domain preprocessing (e.g. per-domain z-scores) before building the
+    ``Domain``; ``transform`` holds only what can be done per batch.
+    """
+
+    name: str
+    x: torch.Tensor
+    y: torch.Tensor | None
+    classes: tuple[str, ...]
+    transform: Callable[[torch.Tensor], torch.Tensor] = field(default=_to_float32, repr=False)
+
+    def __len__(self) -> int:
+        return self.x.shape[0]
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """Shape of one input, without the sample dimension."""
+        return tuple(self.x.shape[1:])
+
+    def to(self, device: torch.device | str) -> "Domain":
+        """A copy whose tensors live on ``device`` (one host-to-device copy)."""
+        y = None if self.y is None else self.y.to(device)
+        return Domain(self.name, self.x.to(device), y, self.classes, self.transform)
+
+    def subset(self, index: torch.Tensor) -> "Domain":
+        """The samples at ``index`` (``int64``, shape ``(m,)``) as a new domain."""
+        y = None if self.y is None else self.y[index]
+        return Domain(self.name, self.x[index], y, self.classes, self.transform)
+
+    def unlabelled(self) -> "Domain":
+        """The same inputs without labels: what plugins see of the target domain."""
+        return Domain(self.name, self.x, None, self.classes, self.transform)
+
+    def inputs(self, index: torch.Tensor | None = None) -> torch.Tensor:
+        """Model inputs ``(m, *input_shape)`` ``float32`` for ``index`` (all samples if None)."""
+        return self.transform(self.x if index is None else self.x[index])
+
+
+def check_task(source: Domain, target: Domain) -> None:
+    """Check that ``source`` and ``target`` form a valid adaptation task.
+
+    Raises:
+        ValueError: naming the offending argument when a domain is empty, the
+            source has no labels, labels are not 1-D ``int64`` of the right length,
+            source labels fall outside ``source.classes``, the input shapes differ,
+            or target labels (used only for oracle evaluation) fall outside the
+            source class set.
+    """
+    for role, dom in (("source", source), ("target", target)):
+        if len(dom) == 0:
+            raise ValueError(f"{role} domain {dom.name!r} is empty: expected at least one sample")
+        if dom.y is not None:
+            if dom.y.dtype != torch.int64 or dom.y.shape != (len(dom),):
+                raise ValueError(
+                    f"{role} domain {dom.name!r}: labels must be int64 of shape ({len(dom)},), "
+                    f"got {dom.y.dtype} of shape {tuple(dom.y.shape)}"
+                )
+    if source.y is None:
+        raise ValueError(f"source domain {source.name!r} has no labels: UDA needs a labelled source")
+    n_classes = len(source.classes)
+    if int(source.y.min()) < 0 or int(source.y.max()) >= n_classes:
+        raise ValueError(
+            f"source domain {source.name!r}: labels must lie in 0..{n_classes - 1} "
+            f"(its {n_classes} classes), got {int(source.y.min())}..{int(source.y.max())}"
+        )
+    if source.input_shape != target.input_shape:
+        raise ValueError(
+            f"target domain {target.name!r} has input shape {target.input_shape}, "
+            f"expected the source's {source.input_shape} (domain {source.name!r})"
+        )
+    if target.y is not None and (int(target.y.min()) < 0 or int(target.y.max()) >= n_classes):
+        raise ValueError(
+            f"target domain {target.name!r}: labels {int(target.y.min())}..{int(target.y.max())} "
+            f"fall outside the source class set 0..{n_classes - 1} ({source.name!r})"
+        )
