@@ -1,0 +1,123 @@
+"""The paired source/target pipeline: device-resident, static shapes, no host sync per step.
+
+Both domains live on the training device for the whole run. Each step draws an
+index tensor per domain on the device, gathers the rows and applies the domain's
+``transform`` as tensor ops: no host-to-device copy, no Python work per sample,
+no ``.item()``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from tladapt.data.domain import Domain
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One training step's data. Target labels are deliberately absent.
+
+    Attributes:
+        x_s: source inputs, ``(b, *input_shape)`` float32.
+        y_s: source labels, ``(b,)`` int64.
+        idx_s: ``(b,)`` int64 row indices into the trainer's ``source`` domain.
+        x_t: target inputs, ``(b, *input_shape)`` float32.
+        idx_t: ``(b,)`` int64 row indices into the trainer's ``target`` domain.
+    """
+
+    x_s: torch.Tensor
+    y_s: torch.Tensor
+    idx_s: torch.Tensor
+    x_t: torch.Tensor
+    idx_t: torch.Tensor
+
+
+class IndexStream:
+    """An endless stream of index batches for one domain, drawn on the device.
+
+    Without replacement, each epoch is a fresh random permutation of ``range(n)``
+    cut into ``n // batch_size`` batches (the remainder is dropped, a different
+    one every epoch), so a batch never repeats an index and every batch has the
+    same shape; a small domain simply starts epochs more often. With replacement,
+    each batch is ``batch_size`` uniform draws.
+
+    Args:
+        n: domain size.
+        batch_size: indices per batch.
+        generator: a ``torch.Generator`` on the device where indices are made.
+        replacement: sample with replacement.
+
+    Raises:
+        ValueError: if ``n`` or ``batch_size`` is not positive, or
+            ``batch_size > n`` without replacement.
+    """
+
+    def __init__(self, n: int, batch_size: int, generator: torch.Generator, replacement: bool = False):
+        if n <= 0:
+            raise ValueError(f"cannot sample from an empty domain (n={n})")
+        if batch_size <= 0:
+            raise ValueError(f"trainer.batch_size must be positive, got {batch_size}")
+        if batch_size > n and not replacement:
+            raise ValueError(
+                f"trainer.batch_size={batch_size} exceeds the domain's {n} samples: "
+                f"expected batch_size <= {n}, or set trainer.replacement = true"
+            )
+        self.n, self.batch_size, self.replacement = n, batch_size, replacement
+        self.generator = generator
+        self._epoch = torch.empty(0, batch_size, dtype=torch.long, device=generator.device)
+        self._next = 0
+
+    def next(self) -> torch.Tensor:
+        """The next ``(batch_size,)`` int64 index tensor, on the generator's device."""
+        device = self.generator.device
+        if self.replacement:
+            return torch.randint(self.n, (self.batch_size,), generator=self.generator, device=device)
+        if self._next == self._epoch.shape[0]:
+            per_epoch = self.n // self.batch_size
+            perm = torch.randperm(self.n, generator=self.generator, device=device)
+            self._epoch = perm[: per_epoch * self.batch_size].view(per_epoch, self.batch_size)
+            self._next = 0
+        self._next += 1
+        return self._epoch[self._next - 1]
+
+
+class PairedPipeline:
+    """Draws source and target batches independently from device-resident domains.
+
+    Args:
+        source: labelled source domain, already on the training device.
+        target: target domain on the same device; its labels, if any, are never read.
+        batch_size: samples per domain per step.
+        seed: seeds the two index streams (independent generators).
+        replacement: sample with replacement (needed when a domain is smaller
+            than ``batch_size``).
+
+    Raises:
+        ValueError: from :class:`IndexStream` for empty domains or a batch size
+            larger than a domain without replacement, naming the domain.
+    """
+
+    def __init__(self, source: Domain, target: Domain, batch_size: int, seed: int, replacement: bool = False):
+        device = source.x.device
+        streams = []
+        for offset, (role, dom) in enumerate((("source", source), ("target", target))):
+            gen = torch.Generator(device=device).manual_seed(2 * seed + offset)
+            try:
+                streams.append(IndexStream(len(dom), batch_size, gen, replacement))
+            except ValueError as err:
+                raise ValueError(f"{role} domain {dom.name!r}: {err}") from None
+        self._source_stream, self._target_stream = streams
+        self.source, self.target = source, target
+
+    def next(self) -> Batch:
+        """Gather the next :class:`Batch` (device tensors only)."""
+        idx_s, idx_t = self._source_stream.next(), self._target_stream.next()
+        return Batch(
+            x_s=self.source.inputs(idx_s),
+            y_s=self.source.y[idx_s],
+            idx_s=idx_s,
+            x_t=self.target.inputs(idx_t),
+            idx_t=idx_t,
+        )
