@@ -1,0 +1,83 @@
+"""DANN: domain-adversarial training through a gradient reversal layer.
+
+Ganin, Ustinova, Ajakan, Germain, Larochelle, Laviolette, Marchand & Lempitsky,
+"Domain-Adversarial Training of Neural Networks", JMLR 17(59), 2016.
+
+A domain discriminator learns to tell source features (label 0) from target
+features (label 1); the GRL between backbone and discriminator flips the sign of
+its gradient, scaled by λ_p = 2 / (1 + exp(-γ p)) - 1, so the backbone learns
+features the discriminator cannot separate. The discriminator's own parameters
+get the ordinary (unreversed) gradient.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+import tladapt
+from tladapt.config import ConfigError
+from tladapt.losses import domain_adversarial_loss, grad_reverse, grl_coefficient
+
+
+class DomainDiscriminator(nn.Sequential):
+    """MLP domain classifier: ``(b, in_features)`` float features -> ``(b,)`` logits.
+
+    ``Linear -> ReLU -> Dropout`` per hidden size, then ``Linear(1)`` (the 3-layer
+    discriminator of Ganin et al. 2016 with ``hidden=[1024, 1024]``).
+    """
+
+    def __init__(self, in_features: int, hidden: list[int], dropout: float):
+        layers: list[nn.Module] = []
+        for size in hidden:
+            layers += [nn.Linear(in_features, size), nn.ReLU(), nn.Dropout(dropout)]
+            in_features = size
+        super().__init__(*layers, nn.Linear(in_features, 1))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """Domain logits ``(b,)``; positive means "target"."""
+        return super().forward(features).squeeze(1)
+
+
+class DANN:
+    """The DANN plugin: adds a domain discriminator and the adversarial domain loss ``domain``.
+
+    Logs ``train/lambda`` (the GRL coefficient) and ``domain/disc_acc`` (the
+    discriminator's accuracy on the step's source+target batch, in [0, 1]).
+    """
+
+    @dataclass
+    class Options:
+        """``[plugins.dann]`` options."""
+
+        weight: float = tladapt.option(1.0, "coefficient of the domain loss in the total loss")
+        gamma: float = tladapt.option(10.0, "steepness γ of the GRL schedule λ_p = 2/(1+exp(-γ p)) - 1")
+        max_lambda: float = tladapt.option(1.0, "λ_p is scaled by this value (1 in the paper)")
+        hidden: list[int] = tladapt.option([1024, 1024], "hidden sizes of the domain discriminator")
+        dropout: float = tladapt.option(0.5, "dropout in the domain discriminator")
+        lr_mult: float = tladapt.option(1.0, "learning-rate multiplier of the discriminator")
+
+    def __init__(self, options: Options):
+        if options.gamma <= 0:
+            raise ConfigError(f"plugins.dann.gamma must be positive, got {options.gamma}")
+        self.options = options
+
+    @tladapt.hookimpl
+    def tladapt_setup(self, trainer):
+        o = self.options
+        self.discriminator = trainer.add_module(
+            "domain_discriminator", DomainDiscriminator(trainer.feature_dim, o.hidden, o.dropout), o.lr_mult
+        )
+
+    @tladapt.hookimpl
+    def tladapt_losses(self, trainer, out):
+        lam = self.options.max_lambda * grl_coefficient(trainer.progress, self.options.gamma)
+        features = torch.cat([out.features_s, out.features_t])
+        logits = self.discriminator(grad_reverse(features, lam))
+        b = out.features_s.shape[0]
+        loss, accuracy = domain_adversarial_loss(logits[:b], logits[b:])
+        trainer.log("train/lambda", lam)
+        trainer.log("domain/disc_acc", accuracy)
+        return {"domain": tladapt.Term(loss, self.options.weight)}

@@ -1,0 +1,128 @@
+"""The ``tladapt`` command: run | plugins | datasets | table."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from importlib import resources
+
+from tabulate import tabulate
+
+from tladapt.config import ConfigError, load_config
+
+DEFAULT_CONFIGS = ("default.toml", "default_dann.toml")
+
+
+def _default_config_paths() -> list[str]:
+    base = resources.files("tladapt") / "configs"
+    return [str(base / name) for name in DEFAULT_CONFIGS]
+
+
+def cmd_run(args) -> int:
+    from tladapt.experiment import prepare, results_table, run_experiment
+
+    paths = args.configs or _default_config_paths()
+    configs = [load_config(path, args.set, args.seeds) for path in paths]
+    if args.runs_dir:
+        for config in configs:
+            config.experiment.runs_dir = args.runs_dir
+    for config in configs:  # every config is checked before the first run starts
+        prepare(config, args.plugin)
+    if not args.configs:
+        print("No config given: running the bundled default experiment "
+              f"({', '.join(DEFAULT_CONFIGS)}) on real data.", file=sys.stderr)
+    results = []
+    for config in configs:
+        results += run_experiment(config, args.plugin)
+    print(results_table(results))
+    print(f"\nRun directories (TensorBoard: tensorboard --logdir {configs[0].experiment.runs_dir}):")
+    for r in results:
+        print(f"  {r['run_dir']}")
+    return 0
+
+
+def cmd_plugins(args) -> int:
+    from tladapt.manager import available_plugins
+
+    plugins, _ = available_plugins(args.plugin)
+    if not plugins:
+        print("no plugins installed")
+    for name, info in sorted(plugins.items()):
+        doc = (info.cls.__doc__ or "").strip().splitlines()
+        print(f"{name}  ({info.origin}; {info.cls.__module__}:{info.cls.__qualname__})")
+        if doc:
+            print(f"  {doc[0]}")
+        print(f"  hooks: {', '.join(info.hooks) or '(none)'}")
+        opts = info.options_class
+        if opts is not None:
+            rows = []
+            for f in dataclasses.fields(opts):
+                default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+                rows.append([f.name, getattr(f.type, "__name__", str(f.type)), repr(default), f.metadata.get("help", "")])
+            print("  " + tabulate(rows, headers=["option", "type", "default", "help"], tablefmt="plain").replace("\n", "\n  "))
+        print()
+    return 0
+
+
+def cmd_datasets(args) -> int:
+    from tladapt.data.datasets import describe_datasets
+
+    print(tabulate(describe_datasets(), headers="keys", tablefmt="github"))
+    return 0
+
+
+def cmd_table(args) -> int:
+    from tladapt.experiment import collect_results, results_table
+
+    results = collect_results(args.runs)
+    if not results:
+        raise ConfigError(f"no results.json found below {args.runs}")
+    print(results_table(results, "tsv" if args.csv else "github"))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``tladapt`` command."""
+    parser = argparse.ArgumentParser(prog="tladapt", description="Domain-adaptation experiments with plugins.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def plugin_arg(p):
+        p.add_argument("-p", "--plugin", action="append", default=[], metavar="PLUGIN",
+                       help="load and activate a plugin: pkg.module, path/to/file.py, optionally :Class")
+
+    run = sub.add_parser("run", help="train the tasks of one or more configs; no config runs the bundled default")
+    run.add_argument("configs", nargs="*", metavar="CONFIG", help="experiment TOML files")
+    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a config value, e.g. plugins.dann.weight=0.3 (TOML syntax)")
+    run.add_argument("--seeds", help="seeds to run: '0', '0-2' or '0,3,5'")
+    run.add_argument("--runs-dir", help="root of the run directories (default: experiment.runs_dir, 'runs')")
+    plugin_arg(run)
+    run.set_defaults(func=cmd_run)
+
+    plugins = sub.add_parser("plugins", help="list installed plugins, their hooks and options")
+    plugin_arg(plugins)
+    plugins.set_defaults(func=cmd_plugins)
+
+    datasets = sub.add_parser("datasets", help="list bundled datasets and domains")
+    datasets.set_defaults(func=cmd_datasets)
+
+    table = sub.add_parser("table", help="tabulate results.json files below a runs directory")
+    table.add_argument("runs", help="a runs directory, e.g. runs/default")
+    table.add_argument("--csv", action="store_true", help="tab-separated output instead of markdown")
+    table.set_defaults(func=cmd_table)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``tladapt`` command; returns the exit status (2 on bad input)."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ConfigError, ValueError) as err:
+        print(f"tladapt: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,100 @@
+"""Running an experiment (tasks x seeds for one method) and tabulating results."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import statistics
+from pathlib import Path
+from typing import Iterable
+
+from tabulate import tabulate
+
+from tladapt.config import Config, ConfigError, parse_task
+from tladapt.data.datasets import DATASETS, load_domain
+from tladapt.manager import PluginInfo, available_plugins, make_plugin_manager, resolve_active
+from tladapt.runs import new_run_dir, write_json
+from tladapt.trainer import Trainer, resolve_device
+
+
+def prepare(config: Config, cli_plugins: Iterable[str] = ()) -> tuple[Config, list[tuple[PluginInfo, dict]]]:
+    """Check everything that can be checked before training and resolve the method name.
+
+    Returns:
+        ``(config with experiment.method filled in, active plugins with their tables)``.
+
+    Raises:
+        ConfigError: for unknown plugins or options, an unknown dataset or domain,
+            or an unavailable device.
+    """
+    plugins, forced = available_plugins(cli_plugins)
+    active = resolve_active(plugins, config.plugins, forced)
+    resolve_device(config.trainer.device)
+    if ":" not in config.data.dataset:
+        if config.data.dataset not in DATASETS:
+            raise ConfigError(f"unknown data.dataset {config.data.dataset!r}: expected one of {', '.join(sorted(DATASETS))}")
+        domains = DATASETS[config.data.dataset].domains
+        for task in config.data.tasks:
+            for name in parse_task(task):
+                if name not in domains:
+                    raise ConfigError(f"data.tasks entry {task!r}: unknown domain {name!r} of "
+                                      f"{config.data.dataset}: expected one of {', '.join(domains)}")
+    method = config.experiment.method or "+".join(info.name for info, _ in active) or "source_only"
+    config = dataclasses.replace(config, experiment=dataclasses.replace(config.experiment, method=method))
+    return config, active
+
+
+def run_experiment(config: Config, cli_plugins: Iterable[str] = ()) -> list[dict]:
+    """Train every task of ``config`` with every seed; one run directory each.
+
+    Returns:
+        The runs' results (as in their ``results.json``), in task-then-seed order.
+
+    Raises:
+        ConfigError: as :func:`prepare`, before any run starts.
+    """
+    config, active = prepare(config, cli_plugins)
+    results = []
+    for task in config.data.tasks:
+        source_name, target_name = parse_task(task)
+        source = load_domain(config.data.dataset, source_name)
+        target = load_domain(config.data.dataset, target_name)
+        for seed in config.experiment.seeds:
+            run_dir = new_run_dir(config.experiment.runs_dir, config.experiment.name, task,
+                                  config.experiment.method, seed)
+            write_json(run_dir / "config.json", config.to_dict())
+            trainer = Trainer(config, source, target, make_plugin_manager(active), run_dir, seed)
+            results.append(trainer.fit())
+    return results
+
+
+def reference_1nn(dataset: str, task: str) -> float | None:
+    """The published 1-NN target accuracy (JDA, ICCV 2013, Table 2) for a task, if any."""
+    info = DATASETS.get(dataset)
+    return info.reference_1nn.get(parse_task(task)) if info else None
+
+
+def results_table(results: list[dict], fmt: str = "github") -> str:
+    """A table of target accuracy (mean ± std over seeds, percent) per task and method,
+    with the published 1-NN reference beside it.
+
+    Args:
+        results: dicts as in ``results.json``.
+        fmt: a ``tabulate`` format (``github`` for markdown, ``tsv``, ...).
+    """
+    groups: dict[tuple[str, str, str], list[float]] = {}
+    for r in results:
+        groups.setdefault((r["dataset"], r["task"], r["method"]), []).append(r["final"]["oracle/target_acc"])
+    rows = []
+    for (dataset, task, method), accs in groups.items():
+        mean = statistics.fmean(accs)
+        spread = f" ± {statistics.stdev(accs):.2f}" if len(accs) > 1 else ""
+        ref = reference_1nn(dataset, task)
+        rows.append([task, method, f"{mean:.2f}{spread}", len(accs), "" if ref is None else f"{ref:.2f}"])
+    headers = ["task", "method", "target acc (%)", "seeds", "published 1-NN (%)"]
+    return tabulate(rows, headers=headers, tablefmt=fmt)
+
+
+def collect_results(root: str | Path) -> list[dict]:
+    """Read every ``results.json`` below ``root`` (a runs directory or part of one)."""
+    return [json.loads(p.read_text()) for p in sorted(Path(root).rglob("results.json"))]

@@ -1,0 +1,149 @@
+"""The plugin contract: every hook the trainer calls, in the order it calls them.
+
+A plugin is a class whose methods carry ``@tladapt.hookimpl`` and are named after
+the specifications below; it may implement any subset, and a method may take any
+subset of a hook's arguments (pluggy matches them by name). A plugin class with a
+nested ``Options`` dataclass is constructed as ``Plugin(options)`` with the values
+of its ``[plugins.<name>]`` config table; without one, as ``Plugin()``. One
+instance lives for one run (one task and seed), so it may keep per-run state.
+
+Call order for one run::
+
+    tladapt_setup -> tladapt_fit_start
+    per step:  tladapt_source_weights -> tladapt_losses -> (backward, optimizer step)
+               -> tladapt_step_end
+    every eval_every steps and at the end:  tladapt_evaluate
+    tladapt_fit_end
+
+The trainer is the only caller. Hooks that return values (``source_weights``,
+``losses``) are called for every plugin; ``None`` means "nothing from me".
+"""
+
+from __future__ import annotations
+
+import pluggy
+
+hookspec = pluggy.HookspecMarker("tladapt")
+
+
+@hookspec
+def tladapt_setup(trainer):
+    """Build the plugin's modules and register them with the trainer.
+
+    Called once per run, after the backbone and classifier head exist and the
+    task's domains are on the training device, before the optimizer is built.
+    Register a module with ``trainer.add_module(name, module, lr_mult=...)`` so it
+    gets the device, an optimizer parameter group and a place in checkpoints.
+    ``trainer.feature_dim`` and ``trainer.num_classes`` give the sizes.
+
+    Args:
+        trainer: the :class:`tladapt.trainer.Trainer` of this run.
+
+    Returns:
+        None.
+    """
+
+
+@hookspec
+def tladapt_fit_start(trainer):
+    """Whole-dataset work before the first step.
+
+    Examples: importance weights over the whole source (KMM, KLIEP), closed-form
+    feature transforms (CORAL re-colouring ``trainer.source``), initial
+    pseudo-labels. ``trainer.source`` (labelled, training split) and
+    ``trainer.target`` (unlabelled) are :class:`tladapt.data.Domain` objects on
+    the device; a plugin may replace them with transformed copies of the same
+    length.
+
+    Args:
+        trainer: the run's trainer.
+
+    Returns:
+        None.
+    """
+
+
+@hookspec
+def tladapt_source_weights(trainer, batch):
+    """Per-sample weights for this step's source classification loss.
+
+    Args:
+        trainer: the run's trainer.
+        batch: the step's :class:`tladapt.data.pipeline.Batch`; ``batch.idx_s``
+            indexes ``trainer.source`` so per-sample state can be gathered.
+
+    Returns:
+        A float tensor of shape ``(batch_size,)`` on the device, or None. The
+        source loss is ``mean_i(w_i * CE_i)`` over the batch (an importance-
+        weighted empirical risk: weights are not renormalised per batch).
+        At most one active plugin may return weights; two is an error naming both.
+    """
+
+
+@hookspec
+def tladapt_losses(trainer, batch, out):
+    """Adaptation loss terms for this step.
+
+    Args:
+        trainer: the run's trainer; ``trainer.progress`` is the fraction of
+            training done, in [0, 1).
+        batch: the step's :class:`tladapt.data.pipeline.Batch` (no target labels).
+        out: the step's :class:`tladapt.trainer.Outputs`: backbone features and
+            classifier logits for both domains, from the trainer's single forward
+            pass. Re-run the backbone only if the method needs it.
+
+    Returns:
+        ``{name: tladapt.Term(value, weight)}`` or None. The trainer adds
+        ``weight * value`` of every term to the source loss and logs each value
+        as ``loss/<name>``. Two plugins returning the same name is an error that
+        names both plugins. Nothing here may force a host sync (no ``.item()``);
+        log per-step diagnostics with ``trainer.log(tag, tensor)``.
+    """
+
+
+@hookspec
+def tladapt_step_end(trainer, step):
+    """After the optimizer step: schedules, EMA teachers, pseudo-label refresh.
+
+    Args:
+        trainer: the run's trainer.
+        step: the step just finished, counted from 0.
+
+    Returns:
+        None.
+    """
+
+
+@hookspec
+def tladapt_evaluate(trainer, metrics, target_labels):
+    """Add metrics and validator scores at an evaluation point.
+
+    Called in ``torch.no_grad()`` with the models in eval mode, after the trainer
+    computed ``metrics["source_val_acc"]`` and the oracle
+    ``metrics["target_acc"]``.
+
+    Args:
+        trainer: the run's trainer.
+        metrics: ``dict[str, float]``, updated in place. Keys become TensorBoard
+            tags: a key with a ``/`` is used as the tag, otherwise ``metrics/<key>``.
+        target_labels: ``int64`` tensor ``(n_target,)`` on the device: the hidden
+            target labels, for ORACLE diagnostics only (log them under
+            ``oracle/...``); never use them to train.
+
+    Returns:
+        None.
+    """
+
+
+@hookspec
+def tladapt_fit_end(trainer, results):
+    """After the last evaluation, before ``results.json`` is written.
+
+    Args:
+        trainer: the run's trainer.
+        results: ``dict`` that becomes ``results.json``; may be updated in place
+            (JSON-serialisable values only).
+
+    Returns:
+        None.
+    """

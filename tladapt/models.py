@@ -1,0 +1,117 @@
+"""Backbones (feature extractors) and the classifier head.
+
+Every backbone maps ``(b, *input_shape)`` float32 inputs to ``(b, out_features)``
+features and exposes ``out_features``. Nothing is pretrained: weights start from
+PyTorch's default initialisation under the run's seed.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+
+import torch
+from torch import nn
+
+
+class MLP(nn.Sequential):
+    """Fully connected feature extractor for vector inputs (SURF, bag-of-words).
+
+    ``Linear -> ReLU -> Dropout`` per hidden size; features are the last hidden layer.
+
+    Args:
+        in_features: input dimension d; inputs are ``(b, d)`` float32.
+        hidden: hidden sizes, at least one; ``out_features = hidden[-1]``.
+        dropout: dropout probability after each hidden layer.
+
+    Raises:
+        ValueError: if ``hidden`` is empty or holds a non-positive size.
+    """
+
+    def __init__(self, in_features: int, hidden: list[int], dropout: float = 0.5):
+        if not hidden or min(hidden) <= 0:
+            raise ValueError(f"model.hidden must be a non-empty list of positive sizes, got {hidden}")
+        layers: list[nn.Module] = []
+        for size in hidden:
+            layers += [nn.Linear(in_features, size), nn.ReLU(), nn.Dropout(dropout)]
+            in_features = size
+        super().__init__(*layers)
+        self.out_features = in_features
+
+
+class LeNet(nn.Module):
+    """LeNet-5 style feature extractor as used for digits in DANN/ADDA experiments.
+
+    ``conv5x5(20) -> maxpool2 -> ReLU -> conv5x5(50) -> dropout -> maxpool2 -> ReLU
+    -> Linear(500) -> ReLU -> dropout`` (the Caffe LeNet of ADDA, Tzeng et al. CVPR
+    2017, and TLlib's digits backbone). Works for 16x16, 28x28 and 32x32 inputs.
+
+    Args:
+        input_shape: ``(channels, height, width)``, height and width ≥ 16.
+        dropout: dropout probability.
+
+    Raises:
+        ValueError: for inputs that are not ``(c, h, w)`` with h, w ≥ 16.
+    """
+
+    def __init__(self, input_shape: tuple[int, ...], dropout: float = 0.5):
+        super().__init__()
+        if len(input_shape) != 3 or min(input_shape[1:]) < 16:
+            raise ValueError(
+                f"lenet expects inputs of shape (channels, height, width) with height and "
+                f"width >= 16, got {tuple(input_shape)}"
+            )
+        c, h, w = input_shape
+        self.conv = nn.Sequential(
+            nn.Conv2d(c, 20, 5), nn.MaxPool2d(2), nn.ReLU(),
+            nn.Conv2d(20, 50, 5), nn.Dropout2d(dropout), nn.MaxPool2d(2), nn.ReLU(),
+        )
+        side = lambda n: ((n - 4) // 2 - 4) // 2  # noqa: E731  (two conv5 + pool2 stages)
+        flat = 50 * side(h) * side(w)
+        self.fc = nn.Sequential(nn.Linear(flat, 500), nn.ReLU(), nn.Dropout(dropout))
+        self.out_features = 500
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(b, c, h, w)`` float32 -> ``(b, 500)`` features."""
+        return self.fc(self.conv(x).flatten(1))
+
+
+def build_backbone(
+    name: str, input_shape: tuple[int, ...], hidden: list[int], dropout: float
+) -> nn.Module:
+    """Build the feature extractor named by the config's ``model.backbone``.
+
+    Args:
+        name: ``"auto"`` (``mlp`` for vector inputs, ``lenet`` for images),
+            ``"mlp"``, ``"lenet"``, or ``"module:function"`` naming a user
+            function called as ``function(input_shape=..., hidden=..., dropout=...)``
+            that returns an ``nn.Module`` with an ``out_features`` attribute.
+        input_shape: one input's shape, e.g. ``(800,)`` or ``(1, 16, 16)``.
+        hidden: MLP hidden sizes.
+        dropout: dropout probability.
+
+    Raises:
+        ValueError: for an unknown name, an unimportable ``module:function``, or a
+            module without an integer ``out_features``.
+    """
+    if name == "auto":
+        name = "mlp" if len(input_shape) == 1 else "lenet"
+    if name == "mlp":
+        return MLP(math.prod(input_shape), hidden, dropout)
+    if name == "lenet":
+        return LeNet(input_shape, dropout)
+    if ":" not in name:
+        raise ValueError(
+            f"unknown model.backbone {name!r}: expected 'auto', 'mlp', 'lenet' or 'module:function'"
+        )
+    module_name, _, attr = name.partition(":")
+    try:
+        factory = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as err:
+        raise ValueError(f"model.backbone {name!r} could not be imported: {err}") from err
+    backbone = factory(input_shape=tuple(input_shape), hidden=list(hidden), dropout=dropout)
+    if not isinstance(backbone, nn.Module) or not isinstance(getattr(backbone, "out_features", None), int):
+        raise ValueError(
+            f"model.backbone {name!r} must return an nn.Module with an int attribute out_features"
+        )
+    return backbone
