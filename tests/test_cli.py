@@ -1,0 +1,58 @@
+"""The tladapt command as a user runs it."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tladapt.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_plugins_lists_entry_point_plugins_with_hooks_and_options(capsys):
+    assert main(["plugins"]) == 0
+    out = capsys.readouterr().out
+    assert "dann  (entry point of tladapt" in out
+    assert "hooks: tladapt_losses, tladapt_setup" in out
+    assert "gamma" in out and "10.0" in out and "steepness" in out
+
+
+def test_plugins_includes_p_plugins(capsys):
+    assert main(["plugins", "-p", str(ROOT / "docs/examples/entropy_min.py")]) == 0
+    out = capsys.readouterr().out
+    assert "entropy_min  (-p " in out and "coefficient of the target entropy term" in out
+
+
+def test_datasets_lists_every_bundled_domain(capsys):
+    assert main(["datasets"]) == 0
+    out = capsys.readouterr().out
+    for name in ("office_caltech10_surf", "mnist_usps_jda", "coil20_jda", "amazon_review_400", "digits"):
+        assert name in out
+    assert "| office_caltech10_surf | webcam      |   295 | (800,)" in out
+
+
+def test_run_prints_the_table_with_published_1nn(tmp_path, capsys):
+    argv = ["run", "--runs-dir", str(tmp_path), "--set", "trainer.steps=10", "--set", "trainer.eval_every=10",
+            "--set", "trainer.progress=false", "--set", "model.hidden=[16]"]
+    assert main(argv) == 0  # the bundled default experiment, shortened
+    out = capsys.readouterr().out
+    assert "| amazon->webcam | source_only |" in out and "| webcam->dslr   | dann        |" in out
+    assert "29.83" in out and "59.24" in out  # JDA Table 2's 1-NN for A->W and W->D
+    assert len(list(tmp_path.rglob("results.json"))) == 4
+    assert main(["table", str(tmp_path)]) == 0
+    assert "source_only" in capsys.readouterr().out
+
+
+def test_bad_input_exits_2_with_a_message(tmp_path, capsys):
+    assert main(["run", "--set", "trainer.optimizer='sdg'", "--runs-dir", str(tmp_path)]) == 2
+    assert "tladapt: error: invalid config value: trainer.optimizer" in capsys.readouterr().err
+    assert main(["run", "-p", "no_such_module_xyz"]) == 2
+    assert "-p no_such_module_xyz: cannot import" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())  # nothing was started
+
+
+def test_console_script_is_installed():
+    out = subprocess.run([sys.executable, "-m", "tladapt.cli", "--help"], capture_output=True, text=True, check=True)
+    assert "run" in out.stdout and "plugins" in out.stdout

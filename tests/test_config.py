@@ -1,0 +1,80 @@
+"""Config files, overrides and their early, named errors."""
+
+import pytest
+
+from tladapt.config import ConfigError, load_config, parse_seeds, parse_value
+
+
+def write(tmp_path, name, text):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_defaults_and_override_types():
+    c = load_config(None, ["trainer.lr=0.1", "model.hidden=[64, 32]", "plugins.dann.weight=0.3",
+                           "data.tasks=['amazon->dslr']", "trainer.device=cpu"])
+    assert c.trainer.lr == 0.1 and c.model.hidden == [64, 32]
+    assert c.plugins == {"dann": {"weight": 0.3}}
+    assert c.data.tasks == ["amazon->dslr"] and c.trainer.device == "cpu"  # bare word -> string
+
+
+def test_int_accepted_for_float_but_not_the_reverse():
+    assert load_config(None, ["trainer.lr=1"]).trainer.lr == 1.0
+    with pytest.raises(ConfigError, match=r"trainer\.steps: Input should be a valid integer \(got 1\.5\)"):
+        load_config(None, ["trainer.steps=1.5"])
+
+
+@pytest.mark.parametrize("override, message", [
+    ("trainer.optimizer='sdg'", r"trainer\.optimizer: Input should be 'sgd' or 'adam'"),
+    ("trainer.lr='fast'", r"trainer\.lr: Input should be a valid number"),
+    ("trainer.stepz=3", r"unknown key trainer\.stepz: valid keys are steps, batch_size"),
+    ("trainers.steps=3", r"unknown config section \[trainers\]: valid sections are experiment, data"),
+    ("data.tasks=['amazon-webcam']", r"'amazon-webcam': expected 'source->target'"),
+    ("trainer.steps=0", r"trainer\.steps must be a positive integer"),
+    ("data.source_val_fraction=1.0", r"source_val_fraction must lie in \[0, 1\)"),
+    ("trainer.device='tpu'", r"trainer\.device: Input should be 'auto', 'cpu' or 'cuda'"),
+    ("model.hidden=[1, 'a']", r"model\.hidden\[1\]: Input should be a valid integer"),
+])
+def test_bad_values_name_the_key(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [override])
+
+
+def test_set_without_equals_is_an_error():
+    with pytest.raises(ConfigError, match="--set expects dotted.key=value"):
+        load_config(None, ["trainer.lr"])
+
+
+def test_extends_merges_tables_and_detects_cycles(tmp_path):
+    write(tmp_path, "base.toml", "[trainer]\nlr = 0.5\nsteps = 7\n[plugins.dann]\nweight = 2.0\n")
+    child = write(tmp_path, "child.toml", 'extends = "base.toml"\n[trainer]\nsteps = 9\n')
+    c = load_config(child)
+    assert (c.trainer.lr, c.trainer.steps, c.plugins) == (0.5, 9, {"dann": {"weight": 2.0}})
+    write(tmp_path, "a.toml", 'extends = "b.toml"\n')
+    write(tmp_path, "b.toml", 'extends = "a.toml"\n')
+    with pytest.raises(ConfigError, match="extends cycle"):
+        load_config(tmp_path / "a.toml")
+
+
+def test_missing_file_and_bad_toml(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "nope.toml")
+    with pytest.raises(ConfigError, match="invalid TOML"):
+        load_config(write(tmp_path, "bad.toml", "[trainer\n"))
+
+
+def test_seeds():
+    assert parse_seeds("0-2") == [0, 1, 2]
+    assert parse_seeds("0,4,7") == [0, 4, 7]
+    assert parse_seeds("3") == [3]
+    assert load_config(None, seeds="1-2").experiment.seeds == [1, 2]
+    for bad in ("2-0", "a", "1-", ""):
+        with pytest.raises(ConfigError, match="--seeds"):
+            parse_seeds(bad)
+
+
+def test_parse_value():
+    assert parse_value("[1, 2]") == [1, 2]
+    assert parse_value("true") is True
+    assert parse_value("amazon->webcam") == "amazon->webcam"
