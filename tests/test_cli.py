@@ -56,3 +56,13 @@ def test_bad_input_exits_2_with_a_message(tmp_path, capsys):
 def test_console_script_is_installed():
     out = subprocess.run([sys.executable, "-m", "tladapt.cli", "--help"], capture_output=True, text=True, check=True)
     assert "run" in out.stdout and "plugins" in out.stdout
+
+
+def test_every_hook_is_documented():
+    from tladapt import hookspecs
+
+    page = (ROOT / "docs" / "hooks.md").read_text()
+    names = [n for n in dir(hookspecs) if n.startswith("tladapt_")]
+    assert len(names) == 7
+    for name in names:
+        assert f"## `{name}(" in page

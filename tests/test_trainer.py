@@ -179,19 +179,17 @@ def test_plugins_never_see_target_labels(fast_config):
 
 
 def test_a_training_step_makes_no_host_sync(fast_config, monkeypatch):
-    t = make_trainer(fast_config("plugins.dann.hidden=[16]"))
-    t.pm.hook.tladapt_fit_start(trainer=t)
-    pipe = PairedPipeline(t.source, t.target, 16, seed=0)
-    t.train_step(pipe.next())  # warm up lazy state
+    t = make_trainer(fast_config("plugins.dann.hidden=[16]", "trainer.log_every=10"))
+    t.start()
     syncs = []
     for name in ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__"):
         original = getattr(torch.Tensor, name)
         monkeypatch.setattr(torch.Tensor, name, lambda self, *a, _n=name, _o=original, **k: syncs.append(_n) or _o(self, *a, **k))
-    for step in range(3):
-        t.step, t.progress = step, step / 30
-        t.train_step(pipe.next())
-        t.pm.hook.tladapt_step_end(trainer=t, step=step)
+    for _ in range(9):  # steps between two log flushes (every 10) and evaluations (every 15)
+        t.advance()
     assert syncs == []
+    t.advance()  # the 10th step flushes the logs: one read of all the accumulated scalars
+    assert syncs == ["tolist"]
 
 
 def test_the_docs_plugin_is_discovered_with_p_and_trains(fast_config):

@@ -11,18 +11,14 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import sys
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import pydantic
+import tomllib
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
+import pydantic
 
 
 class ConfigError(ValueError):

@@ -221,42 +221,59 @@ class Trainer:
         self.scheduler.step()
         return total
 
-    def fit(self) -> dict:
-        """Run the whole training; return the results written to ``results.json``."""
+    def start(self) -> None:
+        """Whole-dataset plugin work (``tladapt_fit_start``), then the paired pipeline."""
         cfg = self.config.trainer
         self.pm.hook.tladapt_fit_start(trainer=self)
         self.pipeline = PairedPipeline(self.source, self.target, cfg.batch_size, self.seed, cfg.replacement)
         self.modules.train()
-        history = []
+        self.history: list[dict] = []
+        self.steps_done = 0
+
+    def advance(self) -> None:
+        """One training step with its hooks, plus logging and evaluation when they are due."""
+        cfg = self.config.trainer
+        step = self.steps_done
+        self.step, self.progress = step, step / cfg.steps
+        self.train_step(self.pipeline.next())
+        self.pm.hook.tladapt_step_end(trainer=self, step=step)
+        done = self.steps_done = step + 1
+        if done % cfg.log_every == 0 or done == cfg.steps:
+            self.logger.flush(done)
+        if done % cfg.eval_every == 0 or done == cfg.steps:
+            self.history.append({"step": done, **self.evaluate()})
+
+    def fit(self) -> dict:
+        """Run the whole training; return the results written to ``results.json``."""
+        cfg = self.config.trainer
+        self.start()
         bar = tqdm(range(cfg.steps), disable=None if cfg.progress else True, leave=False,
                    desc=f"{self.source.name}->{self.target.name} seed {self.seed}")
-        for step in bar:
-            self.step, self.progress = step, step / cfg.steps
-            self.train_step(self.pipeline.next())
-            self.pm.hook.tladapt_step_end(trainer=self, step=step)
-            done = step + 1
-            if done % cfg.log_every == 0 or done == cfg.steps:
-                self.logger.flush(done)
-            if done % cfg.eval_every == 0 or done == cfg.steps:
-                metrics = self.evaluate()
-                history.append({"step": done, **metrics})
-                bar.set_postfix(target_acc=f"{metrics['oracle/target_acc']:.1f}")
+        for _ in bar:
+            self.advance()
+            if self.history and self.history[-1]["step"] == self.steps_done:
+                bar.set_postfix(target_acc=f"{self.history[-1]['oracle/target_acc']:.1f}")
         bar.close()
+        return self.finish()
+
+    def finish(self) -> dict:
+        """``tladapt_fit_end``, then ``results.json``, the checkpoint and the hparams entry."""
+        cfg = self.config.trainer
         results = {
             "task": f"{self.source.name}->{self.target.name}",
             "method": self.config.experiment.method,
             "dataset": self.config.data.dataset,
             "seed": self.seed,
             "steps": cfg.steps,
-            "final": history[-1],
-            "history": history,
+            "final": self.history[-1],
+            "history": self.history,
             "run_dir": str(self.run_dir),
         }
         self.pm.hook.tladapt_fit_end(trainer=self, results=results)
         write_json(self.run_dir / "results.json", results)
         if cfg.checkpoint:
             save_checkpoint(self.run_dir / "checkpoint.pt", self.state_dict())
-        self.logger.hparams(self._hparams(), {k: v for k, v in history[-1].items() if k != "step"})
+        self.logger.hparams(self._hparams(), {k: v for k, v in self.history[-1].items() if k != "step"})
         self.logger.close()
         return results
 
