@@ -273,7 +273,8 @@ class Trainer:
         write_json(self.run_dir / "results.json", results)
         if cfg.checkpoint:
             save_checkpoint(self.run_dir / "checkpoint.pt", self.state_dict())
-        self.logger.hparams(self._hparams(), {k: v for k, v in self.history[-1].items() if k != "step"})
+        headline = {k: v for k, v in self.history[-1].items() if k == "oracle/target_acc" or k.startswith("metrics/")}
+        self.logger.hparams(self._hparams(), headline)
         self.logger.close()
         return results
 
