@@ -166,7 +166,7 @@ def test_plugins_never_see_target_labels(fast_config):
 
         @tladapt.hookimpl
         def tladapt_losses(self, batch):
-            seen["batch_fields"] = set(vars(batch))
+            seen["batch_fields"] = {k for k, v in vars(batch).items() if v is not None}
 
         @tladapt.hookimpl
         def tladapt_evaluate(self, metrics, target_labels):
@@ -264,3 +264,71 @@ def test_invalid_tasks_are_errors(fast_config, user_dataset, task, message):
 def test_a_user_dataset_trains(fast_config, user_dataset):
     [r] = run_experiment(fast_config(f"data.dataset='{user_dataset}'", "data.tasks=['a->b']", "trainer.batch_size=4"))
     assert r["task"] == "a->b" and 0 <= r["final"]["oracle/target_acc"] <= 100
+
+
+# ---------------------------------------------------------------- semi-supervised DA and fine-tuning support
+def test_k_shot_target_split_is_stratified_seeded_and_disjoint(fast_config):
+    t = make_trainer(fast_config("data.target_labels_per_class=3"))
+    dslr = load_domain("office_caltech10_surf", "dslr")
+    labelled = t.target_labelled
+    assert torch.bincount(labelled.y, minlength=10).tolist() == [3] * 10
+    assert len(labelled) + len(t.target) == len(dslr) == 157
+    assert t._target_labels.shape == (157 - 30,)  # the oracle is evaluated on the unlabelled rest only
+    # every labelled row is a dslr row, and none of them is in the rest
+    rows = {tuple(r.tolist()) for r in dslr.x}
+    lab = {tuple(r.tolist()) for r in labelled.x}
+    assert lab <= rows and not lab & {tuple(r.tolist()) for r in t.target.x}
+    again = make_trainer(fast_config("data.target_labels_per_class=3"))
+    assert torch.equal(again.target_labelled.x, labelled.x)
+    other = make_trainer(fast_config("data.target_labels_per_class=3", "experiment.seeds=[1]"), seed=1)
+    assert not torch.equal(other.target_labelled.x, labelled.x)
+
+
+def test_k_shot_keeps_one_test_sample_per_class(fast_config):
+    t = make_trainer(fast_config("data.target_labels_per_class=50"))  # dslr classes have 8..24 samples
+    counts = torch.bincount(t._target_labels, minlength=10)
+    assert counts.tolist() == [1] * 10
+
+
+def test_labelled_target_term_is_cross_entropy_on_the_labelled_batch(fast_config):
+    t = make_trainer(fast_config("data.target_labels_per_class=1", "trainer.target_weight=0.5"))
+    t.start()
+    batch = t.pipeline.next()
+    assert batch.x_l.shape == (10, 800)  # min(batch 16, 10 labelled samples)
+    t.modules.eval()
+    out = t.forward(batch)
+    terms = t.losses(batch, out)
+    expected = F.cross_entropy(t.head(t.backbone(batch.x_l)), batch.y_l)
+    assert terms["target"].weight == 0.5
+    assert terms["target"].value.item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_init_from_loads_backbone_and_head(fast_config):
+    [first] = run_experiment(fast_config())
+    t = make_trainer(fast_config(f"model.init_from='{first['run_dir']}'"))
+    saved = torch.load(Path(first["run_dir"]) / "checkpoint.pt", weights_only=False)["modules"]
+    assert torch.equal(t.backbone[0].weight, saved["backbone.0.weight"])
+    assert torch.equal(t.head.bias, saved["head.bias"])
+    with pytest.raises(ConfigError, match="model.init_from='/nonexistent': no checkpoint.pt"):
+        make_trainer(fast_config("model.init_from='/nonexistent'"))
+    with pytest.raises(ConfigError, match="does not fit this model"):
+        make_trainer(fast_config(f"model.init_from='{first['run_dir']}'", "model.hidden=[8]"))
+
+
+def test_lr_mult_accepts_submodule_paths_and_frozen_parameters_get_no_update(fast_config):
+    class Freeze:
+        @tladapt.hookimpl
+        def tladapt_setup(self, trainer):
+            for p in trainer.backbone[0].parameters():
+                p.requires_grad_(False)
+
+    t = make_trainer(fast_config("trainer.lr_mult={head=0.5}", "trainer.lr=0.02",
+                                 "model.hidden=[32, 16]"), [("freeze", Freeze, {})])
+    groups = {g["name"]: (g["lr"], len(g["params"])) for g in t.optimizer.param_groups}
+    assert groups == {"backbone": (0.02, 2), "head": (0.01, 2)}  # backbone.0 frozen: only backbone.3 left
+    before = t.backbone[0].weight.clone()
+    t.fit()
+    assert torch.equal(t.backbone[0].weight, before)
+    t2 = make_trainer(fast_config("trainer.lr_mult={'backbone.0'=0.1}", "model.hidden=[32, 16]"))
+    groups = {g["name"]: g["lr"] for g in t2.optimizer.param_groups}
+    assert groups == pytest.approx({"backbone.0": 0.001, "backbone": 0.01, "head": 0.01})

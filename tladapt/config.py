@@ -42,6 +42,7 @@ class DataSection:
     dataset: str = "office_caltech10_surf"
     tasks: list[str] = field(default_factory=lambda: ["amazon->webcam"])  # "source->target"
     source_val_fraction: float = 0.1  # stratified held-out source split for metrics/source_val_acc
+    target_labels_per_class: int = 0  # k labelled target samples per class (semi-supervised DA); 0: UDA
 
 
 @dataclass
@@ -51,6 +52,7 @@ class ModelSection:
     backbone: str = "auto"  # auto | mlp | lenet | module:function
     hidden: list[int] = field(default_factory=lambda: [256])  # mlp hidden sizes
     dropout: float = 0.5
+    init_from: str = ""  # a run directory (or checkpoint.pt) whose backbone and head start this run
 
 
 @dataclass
@@ -64,7 +66,8 @@ class TrainerSection:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     schedule: Literal["constant", "dann"] = "dann"  # dann: lr0 / (1 + 10 p) ** 0.75
-    lr_mult: dict[str, float] = field(default_factory=dict)  # per module, e.g. {backbone = 0.1}
+    lr_mult: dict[str, float] = field(default_factory=dict)  # per module or submodule path, e.g. {backbone = 0.1}
+    target_weight: float = 1.0  # weight of the labelled-target cross-entropy (data.target_labels_per_class > 0)
     replacement: bool = False  # sample batches with replacement
     eval_every: int = 500
     log_every: int = 50
@@ -213,6 +216,8 @@ def build_config(data: dict[str, Any]) -> Config:
             raise ConfigError(f"trainer.{key} must be a positive integer, got {getattr(t, key)}")
     if t.lr <= 0:
         raise ConfigError(f"trainer.lr must be positive, got {t.lr}")
+    if config.data.target_labels_per_class < 0:
+        raise ConfigError(f"data.target_labels_per_class must be >= 0, got {config.data.target_labels_per_class}")
     if not 0.0 <= config.data.source_val_fraction < 1.0:
         raise ConfigError(f"data.source_val_fraction must lie in [0, 1), got {config.data.source_val_fraction}")
     return config

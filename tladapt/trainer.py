@@ -38,12 +38,16 @@ class Outputs:
         features_t: backbone features of the target batch, ``(b, feature_dim)``.
         logits_s: classifier logits of the source batch, ``(b, num_classes)``.
         logits_t: classifier logits of the target batch, ``(b, num_classes)``.
+        features_l, logits_l: the same for the labelled target batch
+            (``data.target_labels_per_class > 0``), else None.
     """
 
     features_s: torch.Tensor
     features_t: torch.Tensor
     logits_s: torch.Tensor
     logits_t: torch.Tensor
+    features_l: torch.Tensor | None = None
+    logits_l: torch.Tensor | None = None
 
 
 def resolve_device(name: str) -> torch.device:
@@ -80,6 +84,31 @@ def split_source(source: Domain, fraction: float, seed: int) -> tuple[Domain, Do
     return source.subset(as_index(train)), source.subset(as_index(val))
 
 
+def split_target(target: Domain, per_class: int, seed: int) -> tuple[Domain | None, Domain]:
+    """Draw ``per_class`` labelled samples of each class (seeded, stratified) from the target.
+
+    A class keeps at least one sample in the rest, so a class with ``n_c`` samples
+    gives ``min(per_class, n_c - 1)`` labelled ones. The rest stays unlabelled for
+    training and is the test set of ``oracle/target_acc``.
+
+    Returns:
+        ``(labelled subset or None when per_class == 0, rest)``; both keep labels.
+    """
+    if per_class == 0:
+        return None, target
+    gen = torch.Generator().manual_seed(seed)
+    y = target.y.cpu()
+    picked = []
+    for c in y.unique().tolist():
+        members = (y == c).nonzero().squeeze(1)
+        take = min(per_class, len(members) - 1)
+        picked.append(members[torch.randperm(len(members), generator=gen)[:take]])
+    chosen = torch.zeros(len(y), dtype=torch.bool)
+    chosen[torch.cat(picked)] = True
+    to = lambda mask: mask.nonzero().squeeze(1).to(target.x.device)  # noqa: E731
+    return target.subset(to(chosen)), target.subset(to(~chosen))
+
+
 class Trainer:
     """Trains one task with one seed and the active plugins.
 
@@ -98,7 +127,8 @@ class Trainer:
             unknown module.
 
     Plugins use: ``device``, ``config``, ``seed``, ``source`` (training split),
-    ``source_val``, ``target`` (unlabelled), ``backbone``, ``head``, ``modules``,
+    ``source_val``, ``target`` (unlabelled), ``target_labelled`` (the k-shot
+    labelled target subset or None), ``backbone``, ``head``, ``modules``,
     ``feature_dim``, ``num_classes``, ``step``, ``progress``, ``add_module`` and
     ``log``.
     """
@@ -120,7 +150,7 @@ class Trainer:
 
         source, self.source_val = split_source(source.to(self.device), config.data.source_val_fraction, seed)
         self.source = source
-        target = target.to(self.device)
+        self.target_labelled, target = split_target(target.to(self.device), config.data.target_labels_per_class, seed)
         self._target_labels = target.y
         self.target = target.unlabelled()
         self.num_classes = len(source.classes)
@@ -130,18 +160,14 @@ class Trainer:
         self.feature_dim = self.backbone.out_features
         self.head = nn.Linear(self.feature_dim, self.num_classes)
         self.modules = nn.ModuleDict({"backbone": self.backbone, "head": self.head}).to(self.device)
+        if m.init_from:
+            self._init_from(m.init_from)
         self._lr_mult = {"backbone": 1.0, "head": 1.0}
         self.step, self.progress = 0, 0.0
         self.logger = RunLogger(self.run_dir)
 
         pm.hook.tladapt_setup(trainer=self)
-        unknown = set(cfg.lr_mult) - set(self.modules)
-        if unknown:
-            raise ConfigError(f"trainer.lr_mult names unknown module(s) {', '.join(sorted(unknown))}: "
-                              f"modules are {', '.join(self.modules)}")
-        self._lr_mult.update(cfg.lr_mult)
-        groups = [{"params": list(mod.parameters()), "lr": cfg.lr * self._lr_mult[name], "name": name}
-                  for name, mod in self.modules.items()]
+        groups = self._param_groups()
         if cfg.optimizer == "sgd":
             self.optimizer = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
         else:
@@ -151,6 +177,41 @@ class Trainer:
         else:
             decay = lambda step: 1.0  # noqa: E731
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, decay)
+
+    def _param_groups(self) -> list[dict]:
+        """One optimizer group per learning-rate multiplier key.
+
+        Keys are module names (``backbone``, ``head``, plugin modules) or dotted
+        submodule paths (``backbone.0``); each trainable parameter joins the group of
+        the longest key that prefixes its name. Frozen parameters
+        (``requires_grad = False``, e.g. set by a fine-tuning plugin in
+        ``tladapt_setup``) join no group, so the optimizer never touches them.
+        """
+        cfg = self.config.trainer
+        mults = {**self._lr_mult, **cfg.lr_mult}
+        names = [n for n, _ in self.modules.named_parameters()]
+        unknown = [k for k in cfg.lr_mult if not any(n == k or n.startswith(k + ".") for n in names)]
+        if unknown:
+            raise ConfigError(f"trainer.lr_mult names unknown module(s) {', '.join(sorted(unknown))}: "
+                              f"modules are {', '.join(self.modules)} (or dotted paths inside them)")
+        groups: dict[str, list] = {}
+        for name, param in self.modules.named_parameters():
+            if param.requires_grad:
+                key = max((k for k in mults if name == k or name.startswith(k + ".")), key=len)
+                groups.setdefault(key, []).append(param)
+        return [{"params": params, "lr": cfg.lr * mults[key], "name": key} for key, params in groups.items()]
+
+    def _init_from(self, path: str) -> None:
+        """Load backbone and head weights from an earlier run's checkpoint (``model.init_from``)."""
+        file = Path(path) / "checkpoint.pt" if Path(path).is_dir() else Path(path)
+        if not file.is_file():
+            raise ConfigError(f"model.init_from={path!r}: no checkpoint.pt there (expected a run directory or file)")
+        state = torch.load(file, map_location=self.device, weights_only=False)["modules"]
+        state = {k: v for k, v in state.items() if k.split(".", 1)[0] in ("backbone", "head")}
+        try:
+            self.modules.load_state_dict(state, strict=False)
+        except RuntimeError as err:
+            raise ConfigError(f"model.init_from={path!r} does not fit this model: {err}") from None
 
     # ------------------------------------------------------------------ plugin API
     def add_module(self, name: str, module: nn.Module, lr_mult: float = 1.0) -> nn.Module:
@@ -176,9 +237,12 @@ class Trainer:
     def forward(self, batch: Batch) -> Outputs:
         """One backbone + head pass over the concatenated source and target batch."""
         b = batch.x_s.shape[0]
-        features = self.backbone(torch.cat([batch.x_s, batch.x_t]))
+        parts = [batch.x_s, batch.x_t] + ([] if batch.x_l is None else [batch.x_l])
+        features = self.backbone(torch.cat(parts))
         logits = self.head(features)
-        return Outputs(features[:b], features[b:], logits[:b], logits[b:])
+        if batch.x_l is None:
+            return Outputs(features[:b], features[b:], logits[:b], logits[b:])
+        return Outputs(features[:b], features[b:2 * b], logits[:b], logits[b:2 * b], features[2 * b:], logits[2 * b:])
 
     def losses(self, batch: Batch, out: Outputs) -> dict[str, Term]:
         """The source loss and every plugin's terms for one step, by name.
@@ -195,6 +259,9 @@ class Trainer:
         ce = F.cross_entropy(out.logits_s, batch.y_s, reduction="none")
         source_loss = (ce * weights[0][1]).mean() if weights else ce.mean()
         terms, owner = {"source": Term(source_loss)}, {"source": "the trainer"}
+        if out.logits_l is not None:  # the few labelled target samples (semi-supervised DA)
+            terms["target"] = Term(F.cross_entropy(out.logits_l, batch.y_l), self.config.trainer.target_weight)
+            owner["target"] = "the trainer"
         for plugin, result in call_each(hook.tladapt_losses, trainer=self, batch=batch, out=out):
             if not isinstance(result, dict):
                 raise RuntimeError(f"plugin {plugin!r}: tladapt_losses must return a dict of Term, got {type(result).__name__}")
@@ -225,7 +292,8 @@ class Trainer:
         """Whole-dataset plugin work (``tladapt_fit_start``), then the paired pipeline."""
         cfg = self.config.trainer
         self.pm.hook.tladapt_fit_start(trainer=self)
-        self.pipeline = PairedPipeline(self.source, self.target, cfg.batch_size, self.seed, cfg.replacement)
+        self.pipeline = PairedPipeline(self.source, self.target, cfg.batch_size, self.seed, cfg.replacement,
+                                       labelled=self.target_labelled)
         self.modules.train()
         self.history: list[dict] = []
         self.steps_done = 0

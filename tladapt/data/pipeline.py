@@ -25,6 +25,10 @@ class Batch:
         idx_s: ``(b,)`` int64 row indices into the trainer's ``source`` domain.
         x_t: target inputs, ``(b, *input_shape)`` float32.
         idx_t: ``(b,)`` int64 row indices into the trainer's ``target`` domain.
+        x_l: inputs of the few labelled target samples (semi-supervised DA),
+            ``(b_l, *input_shape)`` float32 with ``b_l = min(b, n_labelled)``; None
+            when the task has no labelled target subset.
+        y_l: their labels, ``(b_l,)`` int64, or None.
     """
 
     x_s: torch.Tensor
@@ -32,6 +36,8 @@ class Batch:
     idx_s: torch.Tensor
     x_t: torch.Tensor
     idx_t: torch.Tensor
+    x_l: torch.Tensor | None = None
+    y_l: torch.Tensor | None = None
 
 
 class IndexStream:
@@ -90,34 +96,49 @@ class PairedPipeline:
         source: labelled source domain, already on the training device.
         target: target domain on the same device; its labels, if any, are never read.
         batch_size: samples per domain per step.
-        seed: seeds the two index streams (independent generators).
+        seed: seeds the index streams (independent generators).
         replacement: sample with replacement (needed when a domain is smaller
             than ``batch_size``).
+        labelled: optional labelled target subset (k-shot); each batch then also
+            holds ``min(batch_size, len(labelled))`` of its samples, drawn without
+            replacement by epochs like the others.
 
     Raises:
         ValueError: from :class:`IndexStream` for empty domains or a batch size
             larger than a domain without replacement, naming the domain.
     """
 
-    def __init__(self, source: Domain, target: Domain, batch_size: int, seed: int, replacement: bool = False):
+    def __init__(self, source: Domain, target: Domain, batch_size: int, seed: int, replacement: bool = False,
+                 labelled: Domain | None = None):
         device = source.x.device
-        streams = []
-        for offset, (role, dom) in enumerate((("source", source), ("target", target))):
-            gen = torch.Generator(device=device).manual_seed(2 * seed + offset)
+
+        def stream(role, dom, offset, size, replace):
+            gen = torch.Generator(device=device).manual_seed(3 * seed + offset)
             try:
-                streams.append(IndexStream(len(dom), batch_size, gen, replacement))
+                return IndexStream(len(dom), size, gen, replace)
             except ValueError as err:
                 raise ValueError(f"{role} domain {dom.name!r}: {err}") from None
-        self._source_stream, self._target_stream = streams
-        self.source, self.target = source, target
+
+        self._source_stream = stream("source", source, 0, batch_size, replacement)
+        self._target_stream = stream("target", target, 1, batch_size, replacement)
+        self._labelled_stream = None
+        if labelled is not None:
+            self._labelled_stream = stream("labelled target", labelled, 2, min(batch_size, len(labelled)), False)
+        self.source, self.target, self.labelled = source, target, labelled
 
     def next(self) -> Batch:
         """Gather the next :class:`Batch` (device tensors only)."""
         idx_s, idx_t = self._source_stream.next(), self._target_stream.next()
+        x_l = y_l = None
+        if self._labelled_stream is not None:
+            idx_l = self._labelled_stream.next()
+            x_l, y_l = self.labelled.inputs(idx_l), self.labelled.y[idx_l]
         return Batch(
             x_s=self.source.inputs(idx_s),
             y_s=self.source.y[idx_s],
             idx_s=idx_s,
             x_t=self.target.inputs(idx_t),
             idx_t=idx_t,
+            x_l=x_l,
+            y_l=y_l,
         )
