@@ -72,6 +72,7 @@ class TrainerSection:
     eval_every: int = 500
     log_every: int = 50
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int = 0  # CPU intra-op threads (torch.set_num_threads); 0 keeps torch's default
     progress: bool = True  # progress bar on a terminal
     checkpoint: bool = True  # write checkpoint.pt at the end
 
@@ -211,6 +212,8 @@ def build_config(data: dict[str, Any]) -> Config:
     if not config.experiment.seeds:
         raise ConfigError("experiment.seeds is empty: expected at least one seed")
     t = config.trainer
+    if t.threads < 0:
+        raise ConfigError(f"trainer.threads must be >= 0, got {t.threads}")
     for key in ("steps", "batch_size", "eval_every", "log_every"):
         if getattr(t, key) <= 0:
             raise ConfigError(f"trainer.{key} must be a positive integer, got {getattr(t, key)}")

@@ -138,6 +138,8 @@ class Trainer:
         self.config, self.pm, self.seed, self.run_dir = config, pm, seed, Path(run_dir)
         cfg = config.trainer
         self.device = resolve_device(cfg.device)
+        if cfg.threads and self.device.type == "cpu":
+            torch.set_num_threads(cfg.threads)  # process-wide; small models run faster on one thread
         check_task(source, target)
         if not cfg.replacement:
             for role, dom in (("source", source), ("target", target)):
