@@ -67,6 +67,7 @@ class TrainerSection:
     weight_decay: float = 5e-4
     schedule: Literal["constant", "dann"] = "dann"  # dann: lr0 / (1 + 10 p) ** 0.75
     lr_mult: dict[str, float] = field(default_factory=dict)  # per module or submodule path, e.g. {backbone = 0.1}
+    source_weight: float = 1.0  # weight of the source cross-entropy; 0 trains on labelled target samples only
     target_weight: float = 1.0  # weight of the labelled-target cross-entropy (data.target_labels_per_class > 0)
     replacement: bool = False  # sample batches with replacement
     eval_every: int = 500
@@ -219,6 +220,12 @@ def build_config(data: dict[str, Any]) -> Config:
             raise ConfigError(f"trainer.{key} must be a positive integer, got {getattr(t, key)}")
     if t.lr <= 0:
         raise ConfigError(f"trainer.lr must be positive, got {t.lr}")
+    if t.source_weight < 0 or t.target_weight < 0:
+        raise ConfigError(f"trainer.source_weight and trainer.target_weight must be >= 0, "
+                          f"got {t.source_weight} and {t.target_weight}")
+    if t.source_weight == 0 and config.data.target_labels_per_class == 0:
+        raise ConfigError("trainer.source_weight = 0 with data.target_labels_per_class = 0 leaves no supervised "
+                          "loss: label some target samples per class")
     if config.data.target_labels_per_class < 0:
         raise ConfigError(f"data.target_labels_per_class must be >= 0, got {config.data.target_labels_per_class}")
     if not 0.0 <= config.data.source_val_fraction < 1.0:

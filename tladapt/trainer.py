@@ -260,7 +260,7 @@ class Trainer:
             raise RuntimeError(f"plugins {' and '.join(n for n, _ in weights)} both returned source weights")
         ce = F.cross_entropy(out.logits_s, batch.y_s, reduction="none")
         source_loss = (ce * weights[0][1]).mean() if weights else ce.mean()
-        terms, owner = {"source": Term(source_loss)}, {"source": "the trainer"}
+        terms, owner = {"source": Term(source_loss, self.config.trainer.source_weight)}, {"source": "the trainer"}
         if out.logits_l is not None:  # the few labelled target samples (semi-supervised DA)
             terms["target"] = Term(F.cross_entropy(out.logits_l, batch.y_l), self.config.trainer.target_weight)
             owner["target"] = "the trainer"

@@ -1,0 +1,106 @@
+"""Fine-tuning: freeze layers, re-initialise the head, start from a source model or from scratch.
+
+The four transfer regimes of the CS231n notes ("Transfer Learning", Karpathy et al.,
+https://cs231n.github.io/transfer-learning/) and Yosinski, Clune, Bengio & Lipson,
+"How transferable are features in deep neural networks?", NIPS 2014, map onto this
+plugin plus ``model.init_from`` (the source run whose backbone and head start this run),
+``data.target_labels_per_class`` (the labelled target samples) and ``trainer.lr_mult``:
+
+* fine-tune the whole network: ``init = "source"``, nothing frozen, a small
+  ``trainer.lr_mult = {backbone = 0.1}``;
+* a linear classifier on frozen top features: ``freeze = ["backbone"]`` and
+  ``reinit_head = true`` (the feature-based route, :func:`tladapt.transfer.run_feature_transfer`,
+  fits the same classifier in closed form with scikit-learn);
+* freeze the first layers only: ``freeze_depth = N``;
+* train on the target, initialised from the source: ``init = "source"``,
+  ``reinit_head = true``, full learning rates.
+
+Per-layer learning rates need nothing from this plugin: ``trainer.lr_mult`` takes dotted
+submodule paths (``{"backbone.0" = 0.1, head = 1.0}``); frozen parameters join no
+optimizer group.
+
+Frozen layers stay in eval mode (option ``frozen_eval``, default on): dropout in a
+frozen block would otherwise keep perturbing the features the trainable layers see,
+and batch-norm running statistics would keep moving although the weights are
+"frozen". A frozen block is bit-identical after training, buffers included.
+"""
+
+from __future__ import annotations
+
+import types
+from dataclasses import dataclass
+from typing import Literal
+
+from torch import nn
+
+import tladapt
+from tladapt.config import ConfigError
+from tladapt.transfer import depth_region
+
+
+def _eval_only_train(self: nn.Module, mode: bool = True) -> nn.Module:
+    """``Module.train`` replacement that keeps the module (and children) in eval mode."""
+    return nn.Module.train(self, False)
+
+
+class Finetune:
+    """Fine-tuning regimes: frozen layers, re-initialised head, source or scratch start.
+
+    Logs nothing per step. To fine-tune on the labelled target only, as in the CS231n
+    regimes, set ``trainer.source_weight = 0`` with ``data.target_labels_per_class > 0``.
+    """
+
+    @dataclass
+    class Options:
+        """``[plugins.finetune]`` options."""
+
+        init: Literal["source", "scratch"] = tladapt.option(
+            "source", "source: start from model.init_from (required); scratch: re-initialise all it loaded")
+        freeze: list[str] = tladapt.option(
+            [], "module paths to freeze, e.g. ['backbone.0'] or ['backbone'] (under the trainer's modules)")
+        freeze_depth: int = tladapt.option(0, "freeze the first N parametrised layers of the backbone")
+        reinit_head: bool = tladapt.option(False, "re-initialise the classifier head (a new linear classifier)")
+        frozen_eval: bool = tladapt.option(True, "keep frozen layers (and the dropout/BN in them) in eval mode")
+
+    def __init__(self, options: Options):
+        if options.freeze_depth < 0:
+            raise ConfigError(f"plugins.finetune.freeze_depth must be >= 0, got {options.freeze_depth}")
+        self.options = options
+        self.frozen: list[str] = []
+
+    @tladapt.hookimpl
+    def tladapt_setup(self, trainer):
+        o, config = self.options, trainer.config
+        if o.init == "source" and not config.model.init_from:
+            raise ConfigError("plugins.finetune.init = 'source' needs model.init_from = a source run directory "
+                              "(e.g. tladapt run ... --init-from runs/<exp>/<task>/source_only/seed0-...); "
+                              "use init = 'scratch' to train from a random start")
+        if o.init == "scratch":
+            for m in trainer.modules["backbone"].modules():
+                if hasattr(m, "reset_parameters"):
+                    m.reset_parameters()
+        if o.reinit_head or o.init == "scratch":
+            trainer.head.reset_parameters()
+        region = depth_region(trainer.backbone, o.freeze_depth) if o.freeze_depth else []
+        for path in o.freeze:
+            try:
+                trainer.modules.get_submodule(path)
+            except AttributeError:
+                raise ConfigError(f"plugins.finetune.freeze names unknown module {path!r}: modules are "
+                                  f"{', '.join(n for n, _ in trainer.modules.named_modules() if n)}") from None
+            region.append(path)
+        self.frozen = region
+        for path in region:
+            module = trainer.modules.get_submodule(path)
+            for p in module.parameters():
+                p.requires_grad_(False)
+            if o.frozen_eval:
+                for m in module.modules():
+                    m.train = types.MethodType(_eval_only_train, m)
+                module.eval()
+
+    @tladapt.hookimpl
+    def tladapt_fit_end(self, trainer, results):
+        results["finetune"] = {"frozen": self.frozen, "init": self.options.init,
+                               "init_from": trainer.config.model.init_from,
+                               "reinit_head": self.options.reinit_head}

@@ -1,0 +1,439 @@
+"""Inductive transfer: features of a trained model, linear classifiers on them, and the
+four fine-tuning regimes with the rule that picks one (``tladapt advise``).
+
+The regimes are those of the CS231n notes (https://cs231n.github.io/transfer-learning/),
+by the target's labelled size and its similarity to the source:
+
+1. ``linear_top``   small & similar:    linear classifier on the frozen source network's top features;
+2. ``finetune_all`` large & similar:    fine-tune the whole network (small backbone learning rate);
+3. ``linear_early`` small & different:  linear classifier on features of an earlier layer;
+4. ``from_source``  large & different:  train on the target, initialised from the source model.
+
+Feature transferability by depth: Yosinski et al., "How transferable are features in
+deep neural networks?", NIPS 2014. Domain distance: :mod:`tladapt.distance`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import statistics
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.svm import LinearSVC
+from tabulate import tabulate
+from torch import nn
+
+from tladapt.config import Config, ConfigError, build_config, parse_task
+from tladapt.data.datasets import load_domain
+from tladapt.data.domain import Domain
+from tladapt.distance import mmd_distance, proxy_a_distance
+from tladapt.models import build_backbone
+from tladapt.runs import RunLogger, new_run_dir, write_json
+
+REGIMES = {
+    "linear_top": "1. small & similar: linear classifier on the frozen source network's top features",
+    "finetune_all": "2. large & similar: fine-tune the whole network",
+    "linear_early": "3. small & different: linear classifier on an earlier layer's features",
+    "from_source": "4. large & different: train on the target, initialised from the source model",
+}
+SMALL_BELOW = 10.0
+"""Labelled target samples per class below which the target is "small" (see docs/inductive-transfer.md)."""
+SIMILAR_BELOW = 1.0
+"""Proxy A-distance below which two domains are "similar" (see docs/inductive-transfer.md)."""
+
+
+# ---------------------------------------------------------------- layers and features
+def parametrised_layers(module: nn.Module, prefix: str = "") -> list[str]:
+    """Paths of the leaf modules that own parameters, in definition order.
+
+    Returns:
+        e.g. ``["backbone.0", "backbone.3"]`` for ``MLP(d, [256, 128])`` with
+        ``prefix="backbone"``, ``["backbone.conv.0", "backbone.conv.3", "backbone.fc.0"]`` for LeNet.
+    """
+    join = (lambda n: f"{prefix}.{n}" if n else prefix) if prefix else (lambda n: n)
+    return [join(name) for name, m in module.named_modules()
+            if not list(m.children()) and any(True for _ in m.parameters(recurse=False))]
+
+
+def depth_region(module: nn.Module, depth: int, prefix: str = "backbone") -> list[str]:
+    """Leaf-module paths of the first ``depth`` parametrised layers and what follows each.
+
+    The region ends just before the ``depth+1``-th parametrised layer, so the
+    activation/dropout/pooling after the last of them belongs to it. ``depth`` equal to
+    the number of parametrised layers gives every leaf of ``module``.
+
+    Raises:
+        ConfigError: if ``depth`` is negative or exceeds the number of parametrised layers.
+    """
+    layers = parametrised_layers(module, prefix)
+    if not 0 <= depth <= len(layers):
+        raise ConfigError(f"freeze_depth={depth}: the backbone has {len(layers)} parametrised layers "
+                          f"({', '.join(layers)}); expected 0..{len(layers)}")
+    leaves = [f"{prefix}.{n}" for n, m in module.named_modules() if n and not list(m.children())]
+    if depth == len(layers):
+        return leaves
+    return leaves[:leaves.index(layers[depth])] if depth else []
+
+
+def candidate_layers(backbone: nn.Module) -> list[str]:
+    """Layers whose output is a feature worth a linear classifier: ``"input"``, the end
+    of each parametrised block but the last (``depth_region(backbone, i)[-1]``), and
+    ``"backbone"`` (the top features). E.g. ``["input", "backbone.2", "backbone"]``
+    for ``MLP(d, [256, 128])`` (``backbone.2`` is the dropout after the first ReLU,
+    which is the identity in eval mode)."""
+    n = len(parametrised_layers(backbone, "backbone"))
+    return ["input"] + [depth_region(backbone, i)[-1] for i in range(1, n)] + ["backbone"]
+
+
+def load_model(run_dir: str | Path, input_shape: tuple[int, ...] | None = None) -> tuple[Config, nn.ModuleDict]:
+    """The backbone and head of a finished run, in eval mode on the CPU.
+
+    Args:
+        run_dir: a run directory holding ``config.json`` and ``checkpoint.pt``.
+        input_shape: one input's shape; default: that of the config's first task's source domain.
+
+    Returns:
+        ``(the run's config, nn.ModuleDict(backbone=..., head=...))``.
+
+    Raises:
+        ConfigError: if ``config.json`` or ``checkpoint.pt`` is missing, or the weights
+            do not fit the model the config describes.
+    """
+    run_dir = Path(run_dir)
+    for name in ("config.json", "checkpoint.pt"):
+        if not (run_dir / name).is_file():
+            raise ConfigError(f"{run_dir}: no {name} (expected a run directory of a run with trainer.checkpoint = true)")
+    config = build_config(json.loads((run_dir / "config.json").read_text()))
+    if input_shape is None:
+        source_name, _ = parse_task(config.data.tasks[0])
+        input_shape = load_domain(config.data.dataset, source_name).input_shape
+    state = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=False)["modules"]
+    m = config.model
+    backbone = build_backbone(m.backbone, input_shape, m.hidden, m.dropout)
+    model = nn.ModuleDict({"backbone": backbone, "head": nn.Linear(backbone.out_features, state["head.weight"].shape[0])})
+    try:
+        model.load_state_dict({k: v for k, v in state.items() if k.split(".", 1)[0] in model}, strict=True)
+    except RuntimeError as err:
+        raise ConfigError(f"{run_dir}/checkpoint.pt does not fit the model of its config.json: {err}") from None
+    return config, model.eval()
+
+
+@torch.no_grad()
+def extract_features(model: nn.ModuleDict, x: torch.Tensor, layer: str = "backbone", chunk: int = 1024) -> torch.Tensor:
+    """The output of ``layer`` for inputs ``x``, through a forward hook, in eval mode.
+
+    Args:
+        model: a ``ModuleDict`` with ``backbone`` and ``head`` (:func:`load_model`, or
+            a trainer's ``modules``); it is put in eval mode (dropout off).
+        x: model inputs ``(n, *input_shape)`` float32, on the model's device.
+        layer: ``"input"`` (``x`` itself), ``"backbone"`` (the top features), a submodule
+            path such as ``"backbone.0"``, or ``"head"`` (logits).
+        chunk: rows per forward pass.
+
+    Returns:
+        ``(n, d)`` float32 CPU tensor; outputs with more dimensions (conv maps) are flattened.
+
+    Raises:
+        ConfigError: if ``layer`` names no submodule (listing the valid paths).
+    """
+    if layer == "input":
+        return x.flatten(1).float().cpu()
+    try:
+        target = model.get_submodule(layer)
+    except AttributeError:
+        raise ConfigError(f"unknown layer {layer!r}: expected 'input' or one of "
+                          f"{', '.join(n for n, _ in model.named_modules() if n)}") from None
+    model.eval()
+    captured: list[torch.Tensor] = []
+    handle = target.register_forward_hook(lambda _m, _i, out: captured.append(out.flatten(1).float().cpu()))
+    try:
+        for i in range(0, len(x), chunk):
+            features = model["backbone"](x[i:i + chunk])
+            if layer.split(".")[0] == "head":
+                model["head"](features)
+    finally:
+        handle.remove()
+    return torch.cat(captured)
+
+
+@torch.no_grad()
+def source_accuracy(model: nn.ModuleDict, domain: Domain) -> float:
+    """Accuracy (%) of the model's own head on a labelled domain (eval mode, CPU).
+
+    Raises:
+        ValueError: if ``domain`` has no labels.
+    """
+    if domain.y is None:
+        raise ValueError(f"domain {domain.name!r} has no labels")
+    model.eval()
+    return 100.0 * float((model["head"](model["backbone"](domain.inputs())).argmax(1) == domain.y).float().mean())
+
+
+def fit_linear(x: np.ndarray, y: np.ndarray, classifier: str = "logistic", seed: int = 0):
+    """Fit standardisation + a linear classifier (scikit-learn) on labelled features.
+
+    Args:
+        x: ``(n, d)`` float features; y: ``(n,)`` int labels.
+        classifier: ``"logistic"`` (L2 ``LogisticRegression``, ``C=1``) or ``"svm"``
+            (``LinearSVC``, ``C=1``, one-vs-rest as in DeCAF, Donahue et al., ICML 2014).
+        seed: the classifier's ``random_state``.
+
+    Returns:
+        The fitted sklearn pipeline (``.predict(x) -> (n,) int``).
+
+    Raises:
+        ValueError: for an unknown ``classifier`` or fewer than 2 classes in ``y``.
+    """
+    if classifier not in ("logistic", "svm"):
+        raise ValueError(f"classifier must be 'logistic' or 'svm', got {classifier!r}")
+    if len(np.unique(y)) < 2:
+        raise ValueError(f"a linear classifier needs at least 2 classes among its {len(y)} training samples")
+    clf = (LogisticRegression(C=1.0, max_iter=2000, random_state=seed) if classifier == "logistic"
+           else LinearSVC(C=1.0, max_iter=10000, random_state=seed))
+    return make_pipeline(StandardScaler(), clf).fit(x, y)
+
+
+def task_splits(config: Config, task: str, seed: int) -> tuple[Domain, Domain | None, Domain]:
+    """The splits a trainer run of ``task`` with ``seed`` uses, without a trainer.
+
+    Returns:
+        ``(source training split, k-shot labelled target or None when
+        data.target_labels_per_class = 0, target rest)``: CPU :class:`Domain` objects, all
+        with labels (the rest's labels are for evaluation only), identical to
+        ``Trainer.source``, ``Trainer.target_labelled`` and the trainer's test set.
+
+    Raises:
+        ConfigError: as :func:`tladapt.trainer.split_source`; ValueError for unknown domains.
+    """
+    from tladapt.trainer import split_source, split_target
+
+    s, t = parse_task(task)
+    source, _ = split_source(load_domain(config.data.dataset, s), config.data.source_val_fraction, seed)
+    labelled, rest = split_target(load_domain(config.data.dataset, t), config.data.target_labels_per_class, seed)
+    return source, labelled, rest
+
+
+def run_feature_transfer(config: Config, model_dir: str | Path, layer: str = "backbone", *,
+                         classifier: str = "logistic", train_on: str = "target", method: str | None = None
+                         ) -> list[dict]:
+    """Feature-based transfer: a linear classifier on a source model's ``layer`` features.
+
+    For every task and seed of ``config``: the target is split like the trainer does
+    (``data.target_labels_per_class`` labelled per class, seeded, stratified); the
+    classifier is fit on the labelled target (``train_on="target"``) or on the source
+    training split plus the labelled target (``"source+target"``); its accuracy on the
+    unlabelled rest is the run's ``oracle/target_acc``. Each run gets its own run
+    directory with ``config.json``, ``results.json`` (the trainer's schema, ``steps = 0``,
+    plus ``transfer``) and a TensorBoard scalar ``oracle/target_acc``, so
+    ``tladapt table`` lists it beside trained runs.
+
+    Args:
+        config: tasks, seeds, data split and ``experiment.runs_dir``/``name``.
+        model_dir: the source model's run directory (:func:`load_model`).
+        layer: as :func:`extract_features`.
+        classifier: as :func:`fit_linear`.
+        train_on: ``"target"`` or ``"source+target"``.
+        method: label in run paths and tables; default ``linear@<layer>``.
+
+    Returns:
+        The runs' results dicts, task then seed order.
+
+    Raises:
+        ConfigError: for an unknown ``train_on``, ``train_on="target"`` with
+            ``data.target_labels_per_class = 0``, or as :func:`load_model` / :func:`extract_features`.
+    """
+    if train_on not in ("target", "source+target"):
+        raise ConfigError(f"train_on must be 'target' or 'source+target', got {train_on!r}")
+    if train_on == "target" and config.data.target_labels_per_class == 0:
+        raise ConfigError("a classifier trained on the target needs data.target_labels_per_class > 0")
+    method = method or f"linear@{layer}"
+    _, model = load_model(model_dir)
+    config = dataclasses.replace(config, experiment=dataclasses.replace(config.experiment, method=method))
+    results = []
+    for task in config.data.tasks:
+        for seed in config.experiment.seeds:
+            source, labelled, rest = task_splits(config, task, seed)
+            parts = ([] if train_on == "target" else [source]) + ([] if labelled is None else [labelled])
+            x = torch.cat([extract_features(model, d.inputs(), layer) for d in parts]).numpy()
+            y = torch.cat([d.y for d in parts]).numpy()
+            clf = fit_linear(x, y, classifier, seed)
+            acc = 100.0 * float((clf.predict(extract_features(model, rest.inputs(), layer).numpy()) == rest.y.numpy()).mean())
+            run_dir = new_run_dir(config.experiment.runs_dir, config.experiment.name, task, method, seed)
+            write_json(run_dir / "config.json", config.to_dict())
+            final = {"step": 0, "oracle/target_acc": acc, "metrics/train_acc": 100.0 * float((clf.predict(x) == y).mean())}
+            result = {"task": task, "method": method, "dataset": config.data.dataset, "seed": seed, "steps": 0,
+                      "final": final, "history": [final], "run_dir": str(run_dir),
+                      "transfer": {"layer": layer, "classifier": classifier, "train_on": train_on,
+                                   "init_from": str(model_dir), "n_train": int(len(y)), "n_test": len(rest)}}
+            logger = RunLogger(run_dir)
+            logger.scalars({k: v for k, v in final.items() if k != "step"}, 0)
+            logger.close()
+            write_json(run_dir / "results.json", result)
+            results.append(result)
+    return results
+
+
+# ---------------------------------------------------------------- distances and the advice
+def layer_distances(config: Config, task: str, layers: list[str], model_dir: str | Path | None = None,
+                    seed: int = 0) -> dict[str, dict[str, float]]:
+    """Proxy A-distance and MMD² between the whole source and target domains at each layer.
+
+    No labels are used. Layers other than ``"input"`` need ``model_dir`` (a source run).
+
+    Returns:
+        ``{layer: {"pad": float in [0, 2], "mmd": float}}``.
+
+    Raises:
+        ConfigError: a layer other than ``"input"`` without ``model_dir``, or as :func:`extract_features`.
+    """
+    s, t = parse_task(task)
+    source, target = load_domain(config.data.dataset, s), load_domain(config.data.dataset, t)
+    model = None
+    if model_dir is not None:
+        _, model = load_model(model_dir, source.input_shape)
+    out = {}
+    for layer in layers:
+        if layer != "input" and model is None:
+            raise ConfigError(f"layer {layer!r} needs a source model: pass --init-from RUN_DIR")
+        xs = source.inputs().flatten(1) if model is None else extract_features(model, source.inputs(), layer)
+        xt = target.inputs().flatten(1) if model is None else extract_features(model, target.inputs(), layer)
+        out[layer] = {"pad": proxy_a_distance(xs, xt, seed=seed), "mmd": mmd_distance(xs, xt, seed=seed)}
+    return out
+
+
+def labelled_per_class(config: Config, task: str) -> float:
+    """Mean labelled target samples per class that ``data.target_labels_per_class`` gives
+    (``min(k, n_c - 1)`` per class, as :func:`tladapt.trainer.split_target`); uses only class counts."""
+    k = config.data.target_labels_per_class
+    y = load_domain(config.data.dataset, parse_task(task)[1]).y
+    counts = torch.bincount(y)
+    counts = counts[counts > 0]
+    return float(torch.clamp(counts - 1, max=k).float().mean())
+
+
+def recommend(labels_per_class: float, distance: float, small_below: float = SMALL_BELOW,
+              similar_below: float = SIMILAR_BELOW) -> tuple[str, str]:
+    """The CS231n rule: small/large x similar/different -> one of :data:`REGIMES`.
+
+    Args:
+        labels_per_class: labelled target samples per class (float, >= 0).
+        distance: proxy A-distance in [0, 2] between source and target at the decision layer.
+        small_below: "small" means ``labels_per_class < small_below``.
+        similar_below: "similar" means ``distance < similar_below``.
+
+    Returns:
+        ``(regime key, one-line reason with the numbers)``.
+    """
+    small = labels_per_class < small_below
+    similar = distance < similar_below
+    regime = {(True, True): "linear_top", (False, True): "finetune_all",
+              (True, False): "linear_early", (False, False): "from_source"}[(small, similar)]
+    reason = (f"{labels_per_class:.1f} labelled/class {'<' if small else '>='} {small_below:g} -> "
+              f"{'small' if small else 'large'}; PAD {distance:.2f} {'<' if similar else '>='} "
+              f"{similar_below:g} -> {'similar' if similar else 'different'}")
+    return regime, reason
+
+
+def advise_task(config: Config, task: str, model_dir: str | Path | None = None,
+                small_below: float = SMALL_BELOW, similar_below: float = SIMILAR_BELOW) -> dict:
+    """Measure one task and pick a regime.
+
+    The decision distance is the PAD at the top features (``"backbone"``) of the source
+    model when ``model_dir`` is given (the features regime 1 would use), else at the
+    raw input. The "earlier layer" for regime 3 is the hidden (neither input nor top)
+    candidate layer with the smallest PAD (earlier on ties); ``"input"`` when the model
+    has a single block or no model is given. The raw input is not a candidate: a linear
+    classifier on it transfers nothing from the source (and on inputs standardised per
+    domain its PAD is ~0 by construction, see :func:`tladapt.distance.proxy_a_distance`).
+
+    Also reported, not used by the rule: ``source_acc_labelled``, the source model's
+    accuracy on the labelled target samples (first seed's split), a label-aware
+    similarity; None without a model or labels.
+
+    Returns:
+        ``{"task", "labels_per_class", "distances": {layer: {pad, mmd}}, "decision_layer",
+        "early_layer", "regime", "reason", "source_acc_labelled"}``.
+    """
+    if model_dir is not None:
+        _, model = load_model(model_dir)
+        layers = candidate_layers(model["backbone"])
+    else:
+        layers = ["input"]
+    distances = layer_distances(config, task, layers, model_dir)
+    decision = "backbone" if model_dir is not None else "input"
+    hidden = layers[1:-1] or ["input"]
+    early = min(hidden, key=lambda layer: (distances[layer]["pad"], layers.index(layer)))
+    per_class = labelled_per_class(config, task)
+    regime, reason = recommend(per_class, distances[decision]["pad"], small_below, similar_below)
+    labelled_acc = None
+    if model_dir is not None and config.data.target_labels_per_class > 0:
+        labelled_acc = source_accuracy(model, task_splits(config, task, config.experiment.seeds[0])[1])
+    return {"task": task, "labels_per_class": per_class, "distances": distances, "decision_layer": decision,
+            "early_layer": early, "regime": regime, "reason": reason, "source_acc_labelled": labelled_acc}
+
+
+def pretrain_source(config: Config, steps: int | None = None) -> dict[str, str]:
+    """Train a source-only model per task (first seed, no target labels, no plugins); return task -> run dir."""
+    from tladapt.experiment import run_experiment
+
+    cfg = dataclasses.replace(
+        config, plugins={},
+        experiment=dataclasses.replace(config.experiment, method="source_pretrain", seeds=config.experiment.seeds[:1]),
+        data=dataclasses.replace(config.data, target_labels_per_class=0),
+        trainer=dataclasses.replace(config.trainer, checkpoint=True, steps=steps or config.trainer.steps,
+                                    eval_every=steps or config.trainer.steps))
+    return {r["task"]: r["run_dir"] for r in run_experiment(cfg)}
+
+
+def run_regimes(config: Config, task: str, model_dir: str | Path, early_layer: str, steps: int = 300,
+                backbone_lr_mult: float = 0.1) -> dict[str, list[float]]:
+    """Run the four regimes for one task over ``config.experiment.seeds``; return regime -> accuracies (%).
+
+    ``linear_top``/``linear_early``: :func:`run_feature_transfer` on the labelled target at
+    ``"backbone"``/``early_layer``. ``finetune_all``: the ``finetune`` plugin,
+    ``init="source"``, target loss only, ``trainer.lr_mult = {backbone = backbone_lr_mult}``.
+    ``from_source``: ``init="source"``, ``reinit_head``, target loss only, full learning rates.
+    Runs are labelled ``<regime>-k<k>`` (so ``tladapt table`` keeps the k values apart).
+    Fine-tuning runs take ``steps`` steps with one evaluation at the end and sample the
+    (unused) unlabelled batches with replacement, since a large k can leave fewer
+    unlabelled target samples than a batch.
+
+    Raises:
+        ConfigError: if ``data.target_labels_per_class`` is 0 (nothing to train on).
+    """
+    from tladapt.experiment import run_experiment
+
+    if config.data.target_labels_per_class == 0:
+        raise ConfigError("the regimes train on labelled target samples: set data.target_labels_per_class > 0")
+    config = dataclasses.replace(config, data=dataclasses.replace(config.data, tasks=[task]))
+    label = lambda regime: f"{regime}-k{config.data.target_labels_per_class}"  # noqa: E731
+    accs = {}
+    for regime, layer in (("linear_top", "backbone"), ("linear_early", early_layer)):
+        accs[regime] = [r["final"]["oracle/target_acc"]
+                        for r in run_feature_transfer(config, model_dir, layer, method=label(regime))]
+    for regime, lr_mult, table in (
+            ("finetune_all", {"backbone": backbone_lr_mult}, {"init": "source"}),
+            ("from_source", {}, {"init": "source", "reinit_head": True})):
+        cfg = dataclasses.replace(
+            config, plugins={"finetune": table},
+            experiment=dataclasses.replace(config.experiment, method=label(regime)),
+            model=dataclasses.replace(config.model, init_from=str(model_dir)),
+            trainer=dataclasses.replace(config.trainer, steps=steps, eval_every=steps, lr_mult=lr_mult, source_weight=0.0,
+                                        checkpoint=False, progress=False, replacement=True))
+        accs[regime] = [r["final"]["oracle/target_acc"] for r in run_experiment(cfg)]
+    return {r: accs[r] for r in REGIMES}
+
+
+def regimes_table(accs: dict[str, list[float]], recommended: str) -> str:
+    """A markdown table of mean ± std target accuracy per regime, marking the advice and the winner."""
+    means = {r: statistics.fmean(v) for r, v in accs.items()}
+    best = max(means, key=lambda r: (round(means[r], 2), r == recommended))  # float32 accuracies: ties to 0.01
+    rows = [[REGIMES[r], f"{means[r]:.2f}" + (f" ± {statistics.stdev(v):.2f}" if len(v) > 1 else ""), len(v),
+             ("advised" if r == recommended else "") + (" best" if r == best else "")] for r, v in accs.items()]
+    return tabulate(rows, headers=["regime", "target acc (%)", "seeds", ""], tablefmt="github")
