@@ -165,7 +165,7 @@ def _pooled_median(dxx: torch.Tensor, dyy: torch.Tensor, dxy: torch.Tensor) -> t
     n, m = dxy.shape
     total = n * (n - 1) + m * (m - 1) + 2 * n * m
     k_lo, k_hi = total // 2 - 1, total // 2  # 0-based ranks of the two middle values
-    if total >= _BRACKET_MIN_PAIRS:
+    if total >= _BRACKET_MIN_PAIRS and dxy.device.type == "cpu":  # its host reads are free only on CPU
         found = _bracketed_median(dxx, dyy, dxy, k_lo, k_hi)
         if found is not None:
             return found
@@ -213,25 +213,27 @@ def _bracketed_median(dxx, dyy, dxy, k_lo: int, k_hi: int):
     return 0.5 * (lo + hi)
 
 
+def _positive(values, name: str, hint: str = "") -> list[float]:
+    """Python numbers, checked finite and > 0 on the host (no device tensor is read)."""
+    values = [float(v) for v in (values if isinstance(values, (list, tuple)) else [values])]
+    if not values or not all(math.isfinite(v) and v > 0 for v in values):
+        raise ValueError(f"{name} must be a non-empty list of finite values > 0, got {values}{hint}")
+    return values
+
+
 def _fixed_base(bandwidth, device, dtype) -> torch.Tensor:
-    base = torch.as_tensor(bandwidth, dtype=torch.float64).reshape(-1)
-    if base.numel() == 0:
-        raise ValueError("bandwidth is empty: give at least one sigma^2 value")
-    if not bool(torch.isfinite(base).all()) or not bool((base > 0).all()):
-        raise ValueError(
-            f"bandwidth (sigma^2) must be finite and > 0, got {base.tolist()}; "
-            "use 'median' or 'mean' for a data-driven bandwidth"
-        )
-    return base.to(device=device, dtype=dtype)
+    if isinstance(bandwidth, torch.Tensor):  # a device tensor is used as given: checking it would sync
+        return bandwidth.reshape(-1).to(device=device, dtype=dtype)
+    values = _positive(bandwidth, "bandwidth (sigma^2)", "; use 'median' or 'mean' for a data-driven bandwidth")
+    return torch.tensor(values, device=device, dtype=dtype)
 
 
 def _scales(scales, data_driven: bool, device, dtype) -> torch.Tensor:
     if scales is None:
         scales = DAN_SCALES if data_driven else (1.0,)
-    s = torch.as_tensor(scales, dtype=torch.float64).reshape(-1)
-    if s.numel() == 0 or not bool(torch.isfinite(s).all()) or not bool((s > 0).all()):
-        raise ValueError(f"scales must be a non-empty list of finite values > 0, got {s.tolist()}")
-    return s.to(device=device, dtype=dtype)
+    if isinstance(scales, torch.Tensor):
+        return scales.reshape(-1).to(device=device, dtype=dtype)
+    return torch.tensor(_positive(scales, "scales"), device=device, dtype=dtype)
 
 
 def _is_rule(bandwidth) -> bool:
@@ -286,8 +288,10 @@ class _GaussMix(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, d, coef):
-        ks = coef.tolist()
-        w = 1.0 / len(ks)
+        # coef stays a device tensor (its entries are used as 0-dim tensors): no host sync
+        w = 1.0 / coef.numel()
+        ks = [coef[k] for k in range(coef.numel())]
+        wks = [c * w for c in ks]
         need_grad = ctx.needs_input_grad[0]
         s = torch.zeros_like(d)
         g = torch.zeros_like(d) if need_grad else None
@@ -302,12 +306,12 @@ class _GaussMix(torch.autograd.Function):
             ss = flat_s[start : start + chunk]
             gg = flat_g[start : start + chunk] if need_grad else None
             e = buf[: dd.numel()]
-            for c in ks:
+            for c, wc in zip(ks, wks):
                 torch.mul(dd, c, out=e)
                 e.exp_()
                 ss.add_(e, alpha=w)
                 if need_grad:
-                    gg.add_(e, alpha=w * c)
+                    gg.addcmul_(e, wc)
         if need_grad:
             ctx.save_for_backward(d, coef, g)
         return s
