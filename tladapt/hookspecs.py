@@ -53,7 +53,9 @@ def tladapt_fit_start(trainer):
     pseudo-labels. ``trainer.source`` (labelled, training split) and
     ``trainer.target`` (unlabelled) are :class:`tladapt.data.Domain` objects on
     the device; a plugin may replace them with transformed copies of the same
-    length.
+    length, and should then mark its implementation
+    ``@tladapt.hookimpl(tryfirst=True)`` so that plugins measuring the data
+    (e.g. importance weights) see the transformed domains.
 
     Args:
         trainer: the run's trainer.
