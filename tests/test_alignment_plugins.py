@@ -4,7 +4,6 @@ Real bundled data (Office+Caltech10 SURF, webcam->dslr), real trainer batches, v
 checked against :mod:`tladapt.discrepancy` and against independent NumPy formulas.
 """
 
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,23 +13,14 @@ import torch.nn.functional as F
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from tladapt.config import ConfigError, load_config
-from tladapt.data.datasets import load_domain
 from tladapt.discrepancy import DAN_SCALES, coral, coral_transform, jmmd, mmd
 from tladapt.experiment import prepare, run_experiment
-from tladapt.manager import make_plugin_manager
-from tladapt.runs import new_run_dir
-from tladapt.trainer import Trainer
-from tladapt_plugins.coral import CORAL, coral_matrix
-from tladapt_plugins.mmd import JAN_SOFTMAX_SIGMA2, MMD
+from tladapt_plugins.coral import coral_matrix
+from tladapt_plugins.mmd import JAN_SOFTMAX_SIGMA2
+
+from helpers import host_reads, make_trainer
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
-
-
-def make_trainer(config, task=("webcam", "dslr"), seed=0):
-    config, active = prepare(config)
-    src, tgt = (load_domain(config.data.dataset, d) for d in task)
-    run_dir = new_run_dir(config.experiment.runs_dir, "t", "t", "m", seed)
-    return Trainer(config, src, tgt, make_plugin_manager(active), run_dir, seed)
 
 
 def step_terms(t):
@@ -270,28 +260,10 @@ def test_closed_form_coral_composes_with_dann_and_mmd(fast_config):
 
 
 # ------------------------------------------------------------------ host syncs
-def count_syncs(t, monkeypatch, steps):
-    """Run ``steps`` training steps; return ``(method, file of the caller)`` of every host read."""
-    syncs = []
-
-    def spy(name, original):
-        def read(self, *a, **k):
-            syncs.append((name, Path(sys._getframe(1).f_code.co_filename).name))
-            return original(self, *a, **k)
-        return read
-
-    for name in ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__"):
-        monkeypatch.setattr(torch.Tensor, name, spy(name, getattr(torch.Tensor, name)))
-    for _ in range(steps):
-        t.advance()
-    monkeypatch.undo()
-    return syncs
-
-
 def test_deep_coral_step_makes_no_host_sync(fast_config, monkeypatch):
     t = make_trainer(fast_config("plugins.coral.weight=1.0", "trainer.log_every=10"))
     t.start()
-    assert count_syncs(t, monkeypatch, 9) == []
+    assert host_reads(t, monkeypatch, 9) == []
 
 
 def test_mmd_step_makes_no_host_sync(fast_config, monkeypatch):
@@ -299,7 +271,7 @@ def test_mmd_step_makes_no_host_sync(fast_config, monkeypatch):
     kernel coefficients stay device tensors)."""
     t = make_trainer(fast_config("plugins.mmd={}", "trainer.log_every=10"))
     t.start()
-    assert count_syncs(t, monkeypatch, 9) == []
+    assert host_reads(t, monkeypatch, 9) == []
 
 
 # ------------------------------------------------------------------ the experiment configs

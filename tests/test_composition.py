@@ -4,10 +4,9 @@ import pytest
 import torch
 
 import tladapt
-from tladapt.config import load_config
 from tladapt.experiment import run_experiment
 
-from test_trainer import make_trainer
+from helpers import make_trainer
 
 ALL = [
     "plugins.dann.weight=0.3", "plugins.dann.hidden=[16]",

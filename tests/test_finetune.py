@@ -6,20 +6,15 @@ import pytest
 import torch
 
 from tladapt.config import ConfigError
-from tladapt.data.datasets import load_domain
-from tladapt.experiment import prepare, run_experiment
-from tladapt.manager import make_plugin_manager
-from tladapt.runs import new_run_dir
-from tladapt.trainer import Trainer
+from tladapt.experiment import run_experiment
+
+from helpers import make_trainer
 
 TWO = "model.hidden=[32, 16]"  # backbone: 0 Linear, 1 ReLU, 2 Dropout, 3 Linear, 4 ReLU, 5 Dropout
 
 
 def trainer(config, seed=0):
-    config, active = prepare(config)
-    src, tgt = (load_domain(config.data.dataset, d) for d in ("webcam", "dslr"))
-    return Trainer(config, src, tgt, make_plugin_manager(active),
-                   new_run_dir(config.experiment.runs_dir, "ft", "t", "m", seed), seed)
+    return make_trainer(config, seed=seed)
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ refreshes, the logged diagnostics, no host sync in the step, and bad options.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,11 +18,7 @@ import torch.nn.functional as F
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from tladapt.config import ConfigError
-from tladapt.data.datasets import load_domain
 from tladapt.experiment import prepare, run_experiment
-from tladapt.manager import make_plugin_manager
-from tladapt.runs import new_run_dir
-from tladapt.trainer import Trainer
 from tladapt.weighting import KLIEP, DiscriminativeRatio, kmm_weights
 from tladapt_plugins.instance_weighting import (
     InstanceWeighting,
@@ -32,15 +27,10 @@ from tladapt_plugins.instance_weighting import (
     estimate_weights,
 )
 
+from helpers import host_reads, make_trainer
+
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 IW = "plugins.instance_weighting"
-
-
-def make_trainer(config, task=("webcam", "dslr"), seed=0):
-    config, active = prepare(config)
-    src, tgt = (load_domain(config.data.dataset, d) for d in task)
-    run_dir = new_run_dir(config.experiment.runs_dir, "t", "t", "m", seed)
-    return Trainer(config, src, tgt, make_plugin_manager(active), run_dir, seed)
 
 
 def plugin_of(t):
@@ -250,20 +240,7 @@ def test_bad_options_fail_before_training_naming_the_key(fast_config, override, 
 def test_source_weights_make_no_host_sync(fast_config, monkeypatch):
     t = make_trainer(fast_config(f"{IW}.estimator='kliep'", f"{IW}.kliep_folds=2", "trainer.log_every=10"))
     t.start()
-    syncs = []
-
-    def spy(name, original):
-        def read(self, *a, **k):
-            syncs.append((name, Path(sys._getframe(1).f_code.co_filename).name))
-            return original(self, *a, **k)
-        return read
-
-    for name in ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__"):
-        monkeypatch.setattr(torch.Tensor, name, spy(name, getattr(torch.Tensor, name)))
-    for _ in range(9):
-        t.advance()
-    monkeypatch.undo()
-    assert syncs == []
+    assert host_reads(t, monkeypatch, 9) == []
 
 
 @pytest.mark.parametrize("path", sorted((EXPERIMENTS / "amazon_reviews").glob("*.toml"))

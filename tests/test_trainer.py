@@ -15,11 +15,11 @@ import tladapt
 from tladapt.config import ConfigError
 from tladapt.data.datasets import load_domain
 from tladapt.data.pipeline import PairedPipeline
-from tladapt.experiment import prepare, run_experiment
+from tladapt.experiment import run_experiment
 from tladapt.manager import PluginInfo, make_plugin_manager
-from tladapt.runs import new_run_dir
-from tladapt.trainer import Trainer
 from tladapt_plugins.dann import DANN
+
+from helpers import host_reads, make_trainer
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 
@@ -28,16 +28,6 @@ def scalars(run_dir):
     acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
     acc.Reload()
     return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}, acc
-
-
-def make_trainer(config, plugins=(), task=("webcam", "dslr"), tmp_path=None, seed=0):
-    """A Trainer for ``config`` with extra plugin classes given as (name, cls, options)."""
-    config, active = prepare(config)
-    active = sorted(active + [(PluginInfo(name, cls, "test"), opts) for name, cls, opts in plugins],
-                    key=lambda a: a[0].name)
-    src, tgt = (load_domain(config.data.dataset, d) for d in task)
-    run_dir = new_run_dir(config.experiment.runs_dir, "t", "t", "m", seed)
-    return Trainer(config, src, tgt, make_plugin_manager(active), run_dir, seed)
 
 
 def test_dann_run_logs_curves_and_results_match_tensorboard(fast_config):
@@ -181,15 +171,10 @@ def test_plugins_never_see_target_labels(fast_config):
 def test_a_training_step_makes_no_host_sync(fast_config, monkeypatch):
     t = make_trainer(fast_config("plugins.dann.hidden=[16]", "trainer.log_every=10"))
     t.start()
-    syncs = []
-    for name in ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__"):
-        original = getattr(torch.Tensor, name)
-        monkeypatch.setattr(torch.Tensor, name, lambda self, *a, _n=name, _o=original, **k: syncs.append(_n) or _o(self, *a, **k))
-    for _ in range(9):  # steps between two log flushes (every 10) and evaluations (every 15)
-        t.advance()
-    assert syncs == []
-    t.advance()  # the 10th step flushes the logs: one read of all the accumulated scalars
-    assert syncs == ["tolist"]
+    # steps between two log flushes (every 10) and evaluations (every 15)
+    assert host_reads(t, monkeypatch, 9) == []
+    # the 10th step flushes the logs: one read of all the accumulated scalars
+    assert host_reads(t, monkeypatch, 1) == [("tolist", "runs.py")]
 
 
 def test_the_docs_plugin_is_discovered_with_p_and_trains(fast_config):

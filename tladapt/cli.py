@@ -21,6 +21,7 @@ def _default_config_paths() -> list[str]:
 
 
 def cmd_run(args) -> int:
+    """``tladapt run``: validate every config, train, print the results table."""
     from tladapt.experiment import prepare, results_table, run_experiment
 
     paths = args.configs or _default_config_paths()
@@ -45,6 +46,7 @@ def cmd_run(args) -> int:
 
 
 def cmd_plugins(args) -> int:
+    """``tladapt plugins``: each plugin's origin, hooks and options with defaults and help."""
     from tladapt.manager import available_plugins
 
     plugins, _ = available_plugins(args.plugin)
@@ -68,6 +70,7 @@ def cmd_plugins(args) -> int:
 
 
 def cmd_datasets(args) -> int:
+    """``tladapt datasets``: bundled datasets, domains, sizes, input shapes and class counts."""
     from tladapt.data.datasets import describe_datasets
 
     print(tabulate(describe_datasets(), headers="keys", tablefmt="github"))
@@ -75,6 +78,7 @@ def cmd_datasets(args) -> int:
 
 
 def cmd_table(args) -> int:
+    """``tladapt table``: tabulate every ``results.json`` below a runs directory."""
     from tladapt.experiment import collect_results, results_table
 
     results = collect_results(args.runs)
@@ -85,6 +89,7 @@ def cmd_table(args) -> int:
 
 
 def cmd_distance(args) -> int:
+    """``tladapt distance``: proxy A-distance and MMD² between the domains of each task."""
     from tladapt.transfer import candidate_layers, layer_distances, load_model
 
     config = load_config(args.config, args.set)
@@ -103,6 +108,7 @@ def cmd_distance(args) -> int:
 
 
 def cmd_advise(args) -> int:
+    """``tladapt advise``: recommend one of the four fine-tuning regimes per task (``--verify`` runs them)."""
     from tladapt.transfer import REGIMES, advise_task, pretrain_source, regimes_table, run_regimes
 
     config = load_config(args.config, args.set, args.seeds)

@@ -7,7 +7,6 @@ optimizer over them, computes the source classification loss, and evaluates.
 
 from __future__ import annotations
 
-import math
 import random
 from dataclasses import dataclass
 from pathlib import Path

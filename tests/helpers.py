@@ -1,0 +1,44 @@
+"""Helpers shared by the test modules: building a trainer, counting host reads."""
+
+import sys
+from pathlib import Path
+
+import torch
+
+from tladapt.data.datasets import load_domain
+from tladapt.experiment import prepare
+from tladapt.manager import PluginInfo, make_plugin_manager
+from tladapt.runs import new_run_dir
+from tladapt.trainer import Trainer
+
+HOST_READS = ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__")
+
+
+def make_trainer(config, plugins=(), task=("webcam", "dslr"), seed=0):
+    """A Trainer for ``config`` (its installed plugins) plus extra plugin classes given as
+    ``(name, cls, options)``, on a task of ``config.data.dataset``, in a fresh run directory."""
+    config, active = prepare(config)
+    active = sorted(active + [(PluginInfo(name, cls, "test"), opts) for name, cls, opts in plugins],
+                    key=lambda a: a[0].name)
+    src, tgt = (load_domain(config.data.dataset, d) for d in task)
+    run_dir = new_run_dir(config.experiment.runs_dir, "t", "t", "m", seed)
+    return Trainer(config, src, tgt, make_plugin_manager(active), run_dir, seed)
+
+
+def host_reads(trainer, monkeypatch, steps):
+    """Run ``steps`` training steps of a started trainer; return ``(method, caller file)`` of
+    every tensor read back to the host (``.item()``, ``.tolist()``, ``bool(t)``, ...)."""
+    reads = []
+
+    def spy(name, original):
+        def read(self, *a, **k):
+            reads.append((name, Path(sys._getframe(1).f_code.co_filename).name))
+            return original(self, *a, **k)
+        return read
+
+    for name in HOST_READS:
+        monkeypatch.setattr(torch.Tensor, name, spy(name, getattr(torch.Tensor, name)))
+    for _ in range(steps):
+        trainer.advance()
+    monkeypatch.undo()
+    return reads
