@@ -127,7 +127,7 @@ class RunLogger:
         """Write the run's hparams entry into its own event file (no sub-run directory)."""
         params = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in params.items()}
         exp, ssi, sei = hparams(params, metrics)
-        file_writer = self.writer._get_file_writer()
+        file_writer = self.writer.file_writer
         for summary in (exp, ssi, sei):
             file_writer.add_summary(summary)
 
