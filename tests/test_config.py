@@ -1,5 +1,7 @@
 """Config files, overrides and their early, named errors."""
 
+from pathlib import Path
+
 import pytest
 
 from tladapt.config import ConfigError, load_config, parse_seeds, parse_value
@@ -78,3 +80,24 @@ def test_parse_value():
     assert parse_value("[1, 2]") == [1, 2]
     assert parse_value("true") is True
     assert parse_value("amazon->webcam") == "amazon->webcam"
+
+
+EXPERIMENTS = sorted((Path(__file__).resolve().parents[1] / "experiments").rglob("*.toml"))
+
+
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_every_experiment_config_validates(path):
+    from tladapt.experiment import prepare
+
+    config, _ = prepare(load_config(path))
+    assert config.experiment.method
+
+
+def test_bundled_default_configs_validate():
+    from importlib import resources
+
+    from tladapt.experiment import prepare
+
+    for name in ("default.toml", "default_dann.toml"):
+        config, active = prepare(load_config(resources.files("tladapt") / "configs" / name))
+        assert [info.name for info, _ in active] == ([] if name == "default.toml" else ["dann"])
