@@ -60,8 +60,18 @@ class DANN:
         lr_mult: float = tladapt.option(1.0, "learning-rate multiplier of the discriminator")
 
     def __init__(self, options: Options):
-        if options.gamma <= 0:
-            raise ConfigError(f"plugins.dann.gamma must be positive, got {options.gamma}")
+        o = options
+        checks = [
+            ("gamma", o.gamma > 0, "positive"),
+            ("weight", o.weight >= 0, ">= 0"),
+            ("max_lambda", o.max_lambda >= 0, ">= 0"),
+            ("lr_mult", o.lr_mult >= 0, ">= 0"),
+            ("dropout", 0 <= o.dropout < 1, "in [0, 1)"),
+            ("hidden", all(h > 0 for h in o.hidden), "a list of positive sizes"),
+        ]
+        for key, ok, expected in checks:
+            if not ok:
+                raise ConfigError(f"plugins.dann.{key} must be {expected}, got {getattr(o, key)!r}")
         self.options = options
 
     @tladapt.hookimpl

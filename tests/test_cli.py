@@ -65,3 +65,45 @@ def test_every_hook_is_documented():
     assert len(names) == 7
     for name in names:
         assert f"## `{name}(" in page
+
+
+def test_plugin_contract_errors_are_clean_and_come_before_any_run(tmp_path, capsys):
+    bad = tmp_path / "misspelt.py"
+    bad.write_text("import tladapt\n\nclass Misspelt:\n    @tladapt.hookimpl\n"
+                   "    def tladapt_loss(self, trainer):\n        return {}\n")
+    runs = tmp_path / "runs"
+    assert main(["run", "-p", str(bad), "--runs-dir", str(runs)]) == 2
+    assert "plugin 'misspelt' does not fit the hook contract: unknown hook 'tladapt_loss'" in capsys.readouterr().err
+    assert not runs.exists()  # nothing was started
+
+
+def test_a_second_config_with_bad_options_fails_before_the_first_trains(tmp_path, capsys):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[plugins.dann]\ndropout = 1.5\n")
+    runs = tmp_path / "runs"
+    assert main(["run", str(ROOT / "tladapt/configs/default.toml"), str(bad), "--runs-dir", str(runs)]) == 2
+    assert "plugins.dann.dropout must be in [0, 1)" in capsys.readouterr().err
+    assert not runs.exists()
+
+
+def test_divergence_exits_1_with_a_message(tmp_path, capsys):
+    argv = ["run", "--runs-dir", str(tmp_path), "--set", "trainer.lr=1e30", "--set", "trainer.schedule='constant'",
+            "--set", "trainer.steps=30", "--set", "experiment.seeds=[0]", "--set", "data.tasks=['webcam->dslr']",
+            str(ROOT / "tladapt/configs/default.toml")]
+    assert main(argv) == 1
+    assert "became non-finite" in capsys.readouterr().err
+
+
+def test_table_keeps_configs_apart_and_counts_each_seed_once(tmp_path, capsys):
+    from tladapt.experiment import results_table
+
+    def run(seed, acc, config_id, stamp):
+        return {"dataset": "d", "task": "a->b", "method": "m", "seed": seed, "config_id": config_id,
+                "final": {"oracle/target_acc": acc}, "run_dir": f"runs/x/seed{seed}-{stamp}"}
+
+    table = results_table([run(0, 50.0, "aaaa", 1), run(0, 60.0, "aaaa", 2), run(1, 70.0, "aaaa", 1),
+                           run(0, 10.0, "bbbb", 1)])
+    rows = {line.split("|")[3].strip(): line for line in table.splitlines()[2:]}
+    assert set(rows) == {"m [aaaa]", "m [bbbb]"}
+    assert "65.00 ± 7.07" in rows["m [aaaa]"] and "|       2 |" in rows["m [aaaa]"]  # seed 0's latest run: 60
+    assert "10.00" in rows["m [bbbb]"]

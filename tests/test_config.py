@@ -76,6 +76,17 @@ def test_seeds():
             parse_seeds(bad)
 
 
+def test_malformed_toml_values_are_errors_not_strings():
+    with pytest.raises(ConfigError, match=r"--set value '\[64,' is not valid TOML"):
+        load_config(None, ["model.hidden=[64,"])
+
+
+def test_extends_of_a_missing_file_names_the_extending_file(tmp_path):
+    child = write(tmp_path, "child.toml", 'extends = "nope.toml"\n')
+    with pytest.raises(ConfigError, match=r"child.toml: extends = 'nope.toml', but .*nope.toml does not exist"):
+        load_config(child)
+
+
 def test_parse_value():
     assert parse_value("[1, 2]") == [1, 2]
     assert parse_value("true") is True

@@ -142,8 +142,31 @@ def test_a_misspelt_hook_is_an_error():
         def tladapt_lossess(self, trainer):
             return {}
 
-    with pytest.raises(pluggy.PluginValidationError, match="tladapt_lossess"):
+    with pytest.raises(ConfigError, match="plugin 'typo' does not fit the hook contract: unknown hook 'tladapt_lossess'"):
         make_plugin_manager([(PluginInfo("typo", Typo, "test"), {})])
+
+    class WrongArgument:
+        @tladapt.hookimpl
+        def tladapt_losses(self, trainer, batches):
+            return {}
+
+    with pytest.raises(ConfigError, match=r"(?s)plugin 'wrong' does not fit .*\{'batches'\} are declared in the hookimpl"):
+        make_plugin_manager([(PluginInfo("wrong", WrongArgument, "test"), {})])
+
+
+def test_a_diverging_run_stops_with_a_clear_error_and_no_results(fast_config):
+    from tladapt.trainer import TrainingDiverged
+
+    with pytest.raises(TrainingDiverged, match=r"loss/.* became non-finite by step 5 .*lower trainer.lr"):
+        run_experiment(fast_config("trainer.lr=1e30", "trainer.schedule='constant'"))
+    assert not list(Path(fast_config().experiment.runs_dir).rglob("results.json"))
+
+
+def test_config_json_holds_every_plugin_option_with_defaults(fast_config):
+    [result] = run_experiment(fast_config("plugins.dann.weight=0.3"))
+    saved = json.loads((Path(result["run_dir"]) / "config.json").read_text())["plugins"]["dann"]
+    assert saved == {"weight": 0.3, "gamma": 10.0, "max_lambda": 1.0, "hidden": [1024, 1024],
+                     "dropout": 0.5, "lr_mult": 1.0}
 
 
 def test_plugins_never_see_target_labels(fast_config):
@@ -201,6 +224,7 @@ def test_docs_page_shows_the_tested_plugin_verbatim():
     ("plugins.dann.wieght=1.0", r"unknown key plugins.dann.wieght: valid keys are weight, gamma"),
     ("plugins.dann.hidden='wide'", r"plugins.dann.hidden: Input should be a valid list"),
     ("plugins.dann.gamma=-1.0", r"plugins.dann.gamma must be positive"),
+    ("plugins.dann.dropout=1.5", r"plugins.dann.dropout must be in \[0, 1\), got 1.5"),
 ])
 def test_config_errors_come_before_training(fast_config, override, message):
     with pytest.raises(ConfigError, match=message):

@@ -11,6 +11,7 @@ from importlib import resources
 from tabulate import tabulate
 
 from tladapt.config import ConfigError, load_config
+from tladapt.manager import PluginError
 
 DEFAULT_CONFIGS = ("default.toml", "default_dann.toml")
 
@@ -195,13 +196,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``tladapt`` command; returns the exit status (2 on bad input)."""
+    """Entry point of the ``tladapt`` command; returns the exit status: 2 on bad input (before
+    any training), 1 when plugins break the contract or training diverges."""
     args = build_parser().parse_args(argv)
+    from tladapt.trainer import TrainingDiverged
+
     try:
         return args.func(args)
     except (ConfigError, ValueError) as err:
         print(f"tladapt: error: {err}", file=sys.stderr)
         return 2
+    except (PluginError, TrainingDiverged) as err:
+        print(f"tladapt: error: {err}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

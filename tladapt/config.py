@@ -10,6 +10,8 @@ Types are checked strictly by pydantic; unknown keys fail listing the valid keys
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import re
 import typing
 from dataclasses import dataclass, field
@@ -92,6 +94,13 @@ class Config:
         """The resolved config as plain, JSON/TOML-serialisable data."""
         return dataclasses.asdict(self)
 
+    def fingerprint(self) -> str:
+        """8 hex digits identifying everything but the seeds and the runs directory, so that
+        runs of one config with different seeds group together and other configs do not."""
+        data = self.to_dict()
+        data["experiment"] = {k: v for k, v in data["experiment"].items() if k not in ("seeds", "runs_dir")}
+        return hashlib.sha1(json.dumps(data, sort_keys=True).encode()).hexdigest()[:8]
+
 
 _SECTIONS = {f.name: f.type for f in dataclasses.fields(Config)}
 
@@ -130,10 +139,17 @@ def validate_dataclass(cls: type, data: dict[str, Any], where: str):
 
 def parse_value(text: str) -> Any:
     """Parse an override's value as a TOML value (``3``, ``0.1``, ``true``, ``[64, 64]``,
-    ``"x"``); anything that is not valid TOML is taken as a bare string."""
+    ``"x"``); anything else that is not valid TOML is taken as a bare string.
+
+    Raises:
+        ConfigError: for text that starts like a TOML array, table or string
+            (``[``, ``{``, a quote) but does not parse.
+    """
     try:
         return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
+    except tomllib.TOMLDecodeError as err:
+        if text[:1] in "[{\"'":
+            raise ConfigError(f"--set value {text!r} is not valid TOML: {err}") from None
         return text
 
 
@@ -183,6 +199,8 @@ def read_toml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
         return data
     if not isinstance(parent, str):
         raise ConfigError(f"{path}: extends must be a file path string, got {parent!r}")
+    if not (path.parent / parent).is_file():
+        raise ConfigError(f"{path}: extends = {parent!r}, but {path.parent / parent} does not exist")
     return _merge(read_toml(path.parent / parent, _seen + (path,)), data)
 
 

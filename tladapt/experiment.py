@@ -21,7 +21,8 @@ def prepare(config: Config, cli_plugins: Iterable[str] = ()) -> tuple[Config, li
     """Check everything that can be checked before training and resolve the method name.
 
     Returns:
-        ``(config with experiment.method filled in, active plugins with their tables)``.
+        ``(config with experiment.method filled in and every active plugin's options
+        resolved with their defaults, active plugins with their tables)``.
 
     Raises:
         ConfigError: for unknown plugins or options, an unknown dataset or domain,
@@ -40,7 +41,8 @@ def prepare(config: Config, cli_plugins: Iterable[str] = ()) -> tuple[Config, li
                     raise ConfigError(f"data.tasks entry {task!r}: unknown domain {name!r} of "
                                       f"{config.data.dataset}: expected one of {', '.join(domains)}")
     method = config.experiment.method or "+".join(info.name for info, _ in active) or "source_only"
-    config = dataclasses.replace(config, experiment=dataclasses.replace(config.experiment, method=method))
+    config = dataclasses.replace(config, experiment=dataclasses.replace(config.experiment, method=method),
+                                 plugins={info.name: info.resolve(table) for info, table in active})
     return config, active
 
 
@@ -75,23 +77,34 @@ def reference_1nn(dataset: str, task: str) -> float | None:
 
 
 def results_table(results: list[dict], fmt: str = "github") -> str:
-    """A table of target accuracy (mean ± std over seeds, percent) per task and method,
-    with the published 1-NN reference beside it.
+    """A table of target accuracy (mean ± std over seeds, percent) per dataset, task and
+    method, with the published 1-NN reference beside it.
+
+    Runs group by dataset, task, method and config fingerprint (``config_id``), so that
+    runs of different configs under one method name are never averaged together: such
+    methods are shown as ``method [config_id]``. A seed run more than once counts once,
+    with its latest run (run directories sort by time).
 
     Args:
         results: dicts as in ``results.json``.
         fmt: a ``tabulate`` format (``github`` for markdown, ``tsv``, ...).
     """
-    groups: dict[tuple[str, str, str], list[float]] = {}
-    for r in results:
-        groups.setdefault((r["dataset"], r["task"], r["method"]), []).append(r["final"]["oracle/target_acc"])
+    groups: dict[tuple, dict[int, dict]] = {}
+    for r in sorted(results, key=lambda r: r["run_dir"]):
+        key = (r["dataset"], r["task"], r["method"], r.get("config_id", ""))
+        groups.setdefault(key, {})[r["seed"]] = r  # the latest run of each seed wins
+    configs_per_method: dict[tuple, set] = {}
+    for dataset, task, method, config_id in groups:
+        configs_per_method.setdefault((dataset, task, method), set()).add(config_id)
     rows = []
-    for (dataset, task, method), accs in groups.items():
-        mean = statistics.fmean(accs)
+    for (dataset, task, method, config_id), by_seed in groups.items():
+        accs = [r["final"]["oracle/target_acc"] for r in by_seed.values()]
         spread = f" ± {statistics.stdev(accs):.2f}" if len(accs) > 1 else ""
+        label = method if len(configs_per_method[(dataset, task, method)]) == 1 else f"{method} [{config_id}]"
         ref = reference_1nn(dataset, task)
-        rows.append([task, method, f"{mean:.2f}{spread}", len(accs), "" if ref is None else f"{ref:.2f}"])
-    headers = ["task", "method", "target acc (%)", "seeds", "published 1-NN (%)"]
+        rows.append([dataset, task, label, f"{statistics.fmean(accs):.2f}{spread}", len(accs),
+                     "" if ref is None else f"{ref:.2f}"])
+    headers = ["dataset", "task", "method", "target acc (%)", "seeds", "published 1-NN (%)"]
     return tabulate(rows, headers=headers, tablefmt=fmt)
 
 

@@ -24,6 +24,11 @@ import pluggy
 from tladapt import hookspecs
 from tladapt.config import ConfigError, validate_dataclass
 
+
+class PluginError(RuntimeError):
+    """Plugins broke the contract during a run: two of them returned the same loss name or
+    both returned source weights, or a hook returned a value of the wrong type."""
+
 PROJECT = "tladapt"
 
 
@@ -54,6 +59,18 @@ class PluginInfo:
             name for name, member in inspect.getmembers(self.cls)
             if callable(member) and hasattr(member, f"{PROJECT}_impl")
         )
+
+    def resolve(self, table: dict[str, Any]) -> dict[str, Any]:
+        """The plugin's full options (defaults filled in) for a config table, as plain data.
+
+        Raises:
+            ConfigError: as :meth:`make`.
+        """
+        opts_cls = self.options_class
+        if opts_cls is None:
+            self.make(table)
+            return {}
+        return dataclasses.asdict(validate_dataclass(opts_cls, table, f"plugins.{self.name}"))
 
     def make(self, table: dict[str, Any]) -> object:
         """Construct the plugin for one run from its config table.
@@ -174,23 +191,32 @@ def resolve_active(plugins: dict[str, PluginInfo], tables: dict[str, dict], forc
         if name not in plugins:
             raise ConfigError(f"unknown plugin {name!r} in [plugins.{name}]: available plugins are {', '.join(sorted(plugins)) or '(none)'}")
     names = sorted(set(tables) | set(forced))
-    for name in names:  # validate options early; instances are made per run
-        plugins[name].make(tables.get(name, {}))
-    return [(plugins[name], tables.get(name, {})) for name in names]
+    active = [(plugins[name], tables.get(name, {})) for name in names]
+    make_plugin_manager(active)  # options and hook names are checked now, before any run starts
+    return active
 
 
 def make_plugin_manager(active: list[tuple[PluginInfo, dict]]) -> pluggy.PluginManager:
     """A fresh ``PluginManager`` with one new instance of each active plugin.
 
     Raises:
-        pluggy.PluginValidationError: if a plugin implements a misspelt hook or a
-            hook with arguments the specification does not have (``check_pending``).
+        ConfigError: if a plugin implements a misspelt hook or a hook with arguments
+            the specification does not have (pluggy's validation and ``check_pending``),
+            naming the plugin and where it came from.
     """
     pm = pluggy.PluginManager(PROJECT)
     pm.add_hookspecs(hookspecs)
-    for info, table in active:
-        pm.register(info.make(table), name=info.name)
-    pm.check_pending()
+    name = None
+    try:
+        for info, table in active:
+            name = info.name
+            pm.register(info.make(table), name=name)
+        pm.check_pending()
+    except pluggy.PluginValidationError as err:
+        name = pm.get_name(err.plugin) or name
+        hooks = sorted(n for n in dir(hookspecs) if n.startswith(PROJECT + "_"))
+        raise ConfigError(f"plugin {name!r} does not fit the hook contract: {err} "
+                          f"(the hooks are {', '.join(hooks)})") from None
     return pm
 
 

@@ -7,6 +7,7 @@ optimizer over them, computes the source classification loss, and evaluates.
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,10 +23,14 @@ from tqdm import tqdm
 from tladapt.config import Config, ConfigError
 from tladapt.data.domain import Domain, check_task
 from tladapt.data.pipeline import Batch, PairedPipeline
-from tladapt.manager import call_each
+from tladapt.manager import PluginError, call_each
 from tladapt.models import build_backbone
 from tladapt.plugin import Term
 from tladapt.runs import RunLogger, save_checkpoint, write_json
+
+
+class TrainingDiverged(RuntimeError):
+    """A logged loss became NaN or infinite; the run stops without writing ``results.json``."""
 
 
 @dataclass(frozen=True)
@@ -249,14 +254,14 @@ class Trainer:
         """The source loss and every plugin's terms for one step, by name.
 
         Raises:
-            RuntimeError: if two plugins return source weights, two plugins return
+            PluginError: if two plugins return source weights, two plugins return
                 the same loss name (both named), or a plugin returns something that
                 is not a ``{name: Term}`` dict.
         """
         hook = self.pm.hook
         weights = call_each(hook.tladapt_source_weights, trainer=self, batch=batch)
         if len(weights) > 1:
-            raise RuntimeError(f"plugins {' and '.join(n for n, _ in weights)} both returned source weights")
+            raise PluginError(f"plugins {' and '.join(n for n, _ in weights)} both returned source weights")
         ce = F.cross_entropy(out.logits_s, batch.y_s, reduction="none")
         source_loss = (ce * weights[0][1]).mean() if weights else ce.mean()
         terms, owner = {"source": Term(source_loss, self.config.trainer.source_weight)}, {"source": "the trainer"}
@@ -265,12 +270,12 @@ class Trainer:
             owner["target"] = "the trainer"
         for plugin, result in call_each(hook.tladapt_losses, trainer=self, batch=batch, out=out):
             if not isinstance(result, dict):
-                raise RuntimeError(f"plugin {plugin!r}: tladapt_losses must return a dict of Term, got {type(result).__name__}")
+                raise PluginError(f"plugin {plugin!r}: tladapt_losses must return a dict of Term, got {type(result).__name__}")
             for name, term in result.items():
                 if name in terms:
-                    raise RuntimeError(f"loss term {name!r} is returned by both {owner[name]!r} and {plugin!r}")
+                    raise PluginError(f"loss term {name!r} is returned by both {owner[name]!r} and {plugin!r}")
                 if not isinstance(term, Term):
-                    raise RuntimeError(f"plugin {plugin!r}: loss term {name!r} must be a tladapt.Term, got {type(term).__name__}")
+                    raise PluginError(f"plugin {plugin!r}: loss term {name!r} must be a tladapt.Term, got {type(term).__name__}")
                 terms[name], owner[name] = term, plugin
         return terms
 
@@ -308,7 +313,12 @@ class Trainer:
         self.pm.hook.tladapt_step_end(trainer=self, step=step)
         done = self.steps_done = step + 1
         if done % cfg.log_every == 0 or done == cfg.steps:
-            self.logger.flush(done)
+            means = self.logger.flush(done)
+            bad = sorted(tag for tag, value in means.items() if tag.startswith("loss/") and not math.isfinite(value))
+            if bad:
+                self.logger.close()
+                raise TrainingDiverged(f"{', '.join(bad)} became non-finite by step {done} (run {self.run_dir}): "
+                                       f"lower trainer.lr or the loss weights")
         if done % cfg.eval_every == 0 or done == cfg.steps:
             self.history.append({"step": done, **self.evaluate()})
 
@@ -331,6 +341,7 @@ class Trainer:
         results = {
             "task": f"{self.source.name}->{self.target.name}",
             "method": self.config.experiment.method,
+            "config_id": self.config.fingerprint(),
             "dataset": self.config.data.dataset,
             "seed": self.seed,
             "steps": cfg.steps,
