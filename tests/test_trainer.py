@@ -5,7 +5,6 @@ import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
-import pluggy
 import pytest
 import torch
 import torch.nn.functional as F
