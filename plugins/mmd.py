@@ -154,21 +154,21 @@ class MMD:
         ``mmd/sigma2_softmax``, ``mmd/weight``) as device tensors / floats.
         """
         o = self.options
-        scales = self._scales(o.scales)
+        # The kernels' σ² are computed once (detached, on the device) and passed on as fixed
+        # values, so the logged bandwidth is exactly the one used, at no extra cost.
         if o.layer == "joint":
             p_s, p_t = out.logits_s.softmax(1), out.logits_t.softmax(1)
-            joint_scales = self._scales(o.joint_scales)
-            value = jmmd(
-                [out.features_s, p_s], [out.features_t, p_t],
-                bandwidths=[o.bandwidth, o.joint_bandwidth], scales=[scales, joint_scales],
-                estimator=o.estimator,
-            )
-            trainer.log("mmd/sigma2", self._base(out.features_s, out.features_t, o.bandwidth, scales))
-            trainer.log("mmd/sigma2_softmax", self._base(p_s, p_t, o.joint_bandwidth, joint_scales))
+            sigma2 = kernel_bandwidths(out.features_s, out.features_t, o.bandwidth, self._scales(o.scales))
+            sigma2_p = kernel_bandwidths(p_s, p_t, o.joint_bandwidth, self._scales(o.joint_scales))
+            value = jmmd([out.features_s, p_s], [out.features_t, p_t], bandwidths=[sigma2, sigma2_p],
+                         estimator=o.estimator)
+            trainer.log("mmd/sigma2", self._base(sigma2, o.bandwidth, o.scales))
+            trainer.log("mmd/sigma2_softmax", self._base(sigma2_p, o.joint_bandwidth, o.joint_scales))
         else:
             s, t = (out.features_s, out.features_t) if o.layer == "features" else (out.logits_s, out.logits_t)
-            value = mmd(s, t, bandwidth=o.bandwidth, scales=scales, estimator=o.estimator)
-            trainer.log("mmd/sigma2", self._base(s, t, o.bandwidth, scales))
+            sigma2 = kernel_bandwidths(s, t, o.bandwidth, self._scales(o.scales))
+            value = mmd(s, t, bandwidth=sigma2, estimator=o.estimator)
+            trainer.log("mmd/sigma2", self._base(sigma2, o.bandwidth, o.scales))
         weight = o.weight
         if o.schedule == "progressive":
             weight = o.weight * grl_coefficient(trainer.progress, o.gamma)
@@ -176,10 +176,8 @@ class MMD:
         return {"mmd": tladapt.Term(value, weight)}
 
     @staticmethod
-    def _base(s: torch.Tensor, t: torch.Tensor, rule, scales) -> torch.Tensor | float:
-        """The base σ² of the kernels on this batch: a 0-dim device tensor (or the fixed float)."""
-        if not isinstance(rule, str):
-            return float(rule)
-        sigma2 = kernel_bandwidths(s, t, rule, scales)
-        first = scales[0] if scales else DAN_SCALES[0]
-        return sigma2[0] / first  # sigma2_k = base * scales[k]
+    def _base(sigma2: torch.Tensor, rule, scales: list[float]) -> torch.Tensor:
+        """The base σ² of the kernels (``sigma2_k = base * scales[k]``): a 0-dim device tensor.
+        Default scales are DAN's for a data-driven rule and ``(1,)`` for a fixed σ²."""
+        first = scales[0] if scales else (DAN_SCALES[0] if isinstance(rule, str) else 1.0)
+        return sigma2[0] / first
