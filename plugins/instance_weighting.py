@@ -248,13 +248,8 @@ class InstanceWeighting:
     @staticmethod
     def _points(trainer, domain, space: str) -> torch.Tensor:
         """``(n, d)`` float32 points of ``domain`` in ``space`` (``input``/``features``), on the device."""
-        chunk = 4096
-        parts = []
         with torch.no_grad():
-            for i in range(0, len(domain), chunk):
-                x = domain.inputs(torch.arange(i, min(i + chunk, len(domain)), device=trainer.device))
-                parts.append(x.reshape(x.shape[0], -1) if space == "input" else trainer.backbone(x))
-        return torch.cat(parts).float()
+            return domain.map(lambda x: x.flatten(1) if space == "input" else trainer.backbone(x)).float()
 
     def estimate(self, trainer) -> None:
         """(Re-)estimate ``self.weights`` ``(n_source,)`` float32 on ``trainer.device``."""

@@ -360,11 +360,9 @@ class Trainer:
 
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
-    def predict(self, domain: Domain, chunk: int = 2048) -> torch.Tensor:
-        """Predicted classes ``(n,)`` int64 for every sample of ``domain`` (eval mode, chunked)."""
-        preds = [self.head(self.backbone(domain.inputs(torch.arange(i, min(i + chunk, len(domain)), device=self.device)))).argmax(1)
-                 for i in range(0, len(domain), chunk)]
-        return torch.cat(preds)
+    def predict(self, domain: Domain) -> torch.Tensor:
+        """Predicted classes ``(n,)`` int64 for every sample of ``domain`` (chunked, no grad)."""
+        return domain.map(lambda x: self.head(self.backbone(x)).argmax(1))
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:

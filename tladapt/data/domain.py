@@ -64,6 +64,14 @@ class Domain:
         """Model inputs ``(m, *input_shape)`` ``float32`` for ``index`` (all samples if None)."""
         return self.transform(self.x if index is None else self.x[index])
 
+    def map(self, fn: Callable[[torch.Tensor], torch.Tensor], chunk: int = 2048) -> torch.Tensor:
+        """``fn`` applied to the model inputs ``chunk`` rows at a time, concatenated along dim 0.
+
+        For whole-domain inference (evaluation, feature extraction) in bounded memory;
+        call it under ``torch.no_grad()`` when no gradient is wanted.
+        """
+        return torch.cat([fn(self.transform(self.x[i:i + chunk])) for i in range(0, len(self), chunk)])
+
 
 def check_task(source: Domain, target: Domain) -> None:
     """Check that ``source`` and ``target`` form a valid adaptation task.
