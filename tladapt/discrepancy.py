@@ -48,6 +48,7 @@ Memory is ``O(batch^2)`` (three distance blocks, ``n*n``, ``m*m``, ``n*m``), nev
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from contextlib import nullcontext
@@ -225,7 +226,7 @@ def _fixed_base(bandwidth, device, dtype) -> torch.Tensor:
     if isinstance(bandwidth, torch.Tensor):  # a device tensor is used as given: checking it would sync
         return bandwidth.reshape(-1).to(device=device, dtype=dtype)
     values = _positive(bandwidth, "bandwidth (sigma^2)", "; use 'median' or 'mean' for a data-driven bandwidth")
-    return torch.tensor(values, device=device, dtype=dtype)
+    return _constant(tuple(values), torch.device(device), dtype)
 
 
 def _scales(scales, data_driven: bool, device, dtype) -> torch.Tensor:
@@ -233,7 +234,14 @@ def _scales(scales, data_driven: bool, device, dtype) -> torch.Tensor:
         scales = DAN_SCALES if data_driven else (1.0,)
     if isinstance(scales, torch.Tensor):
         return scales.reshape(-1).to(device=device, dtype=dtype)
-    return torch.tensor(_positive(scales, "scales"), device=device, dtype=dtype)
+    return _constant(tuple(_positive(scales, "scales")), torch.device(device), dtype)
+
+
+@functools.lru_cache(maxsize=64)
+def _constant(values: tuple[float, ...], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """A small constant tensor made once per device and dtype, so a training step does not
+    copy it from the host again on every call. Never modified in place."""
+    return torch.tensor(values, device=device, dtype=dtype)
 
 
 def _is_rule(bandwidth) -> bool:
