@@ -237,7 +237,7 @@ def test_cuda_without_cuda_is_an_error(fast_config):
 
 
 def test_batch_larger_than_a_domain_is_an_error(fast_config):
-    with pytest.raises(ConfigError, match=r"trainer.batch_size=200 exceeds the 157 samples of target domain 'dslr'"):
+    with pytest.raises(ConfigError, match=r"target domain 'dslr': trainer.batch_size=200 exceeds the domain's 157 samples"):
         run_experiment(fast_config("trainer.batch_size=200"))
     # with replacement it runs
     assert run_experiment(fast_config("trainer.batch_size=200", "trainer.replacement=true", "trainer.steps=2"))
@@ -293,7 +293,7 @@ def test_k_shot_target_split_is_stratified_seeded_and_disjoint(fast_config):
 
 
 def test_k_shot_keeps_one_test_sample_per_class(fast_config):
-    t = make_trainer(fast_config("data.target_labels_per_class=50"))  # dslr classes have 8..24 samples
+    t = make_trainer(fast_config("data.target_labels_per_class=50", "trainer.replacement=true"))  # dslr classes have 8..24 samples
     counts = torch.bincount(t._target_labels, minlength=10)
     assert counts.tolist() == [1] * 10
 
@@ -340,3 +340,9 @@ def test_lr_mult_accepts_submodule_paths_and_frozen_parameters_get_no_update(fas
     t2 = make_trainer(fast_config("trainer.lr_mult={'backbone.0'=0.1}", "model.hidden=[32, 16]"))
     groups = {g["name"]: g["lr"] for g in t2.optimizer.param_groups}
     assert groups == pytest.approx({"backbone.0": 0.001, "backbone": 0.01, "head": 0.01})
+
+
+def test_batch_size_is_checked_against_the_training_split_not_the_whole_source(fast_config):
+    # webcam has 295 samples; with 10% held out for validation the training split has 265
+    with pytest.raises(ConfigError, match=r"source domain 'webcam': trainer.batch_size=280 exceeds the domain's 265"):
+        make_trainer(fast_config("trainer.batch_size=280"), task=("webcam", "caltech"))

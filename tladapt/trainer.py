@@ -145,11 +145,6 @@ class Trainer:
         if cfg.threads and self.device.type == "cpu":
             torch.set_num_threads(cfg.threads)  # process-wide; small models run faster on one thread
         check_task(source, target)
-        if not cfg.replacement:
-            for role, dom in (("source", source), ("target", target)):
-                if cfg.batch_size > len(dom):
-                    raise ConfigError(f"trainer.batch_size={cfg.batch_size} exceeds the {len(dom)} samples of "
-                                      f"{role} domain {dom.name!r}: lower it or set trainer.replacement = true")
         torch.manual_seed(seed)
         np.random.seed(seed)
         random.seed(seed)
@@ -160,6 +155,10 @@ class Trainer:
         self._target_labels = target.y
         self.target = target.unlabelled()
         self.num_classes = len(source.classes)
+        try:  # the pipeline checks the batch size against the domains it will sample
+            self.pipeline = self._make_pipeline()
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
 
         m = config.model
         self.backbone = build_backbone(m.backbone, source.input_shape, m.hidden, m.dropout)
@@ -183,6 +182,11 @@ class Trainer:
         else:
             decay = lambda step: 1.0  # noqa: E731
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, decay)
+
+    def _make_pipeline(self) -> PairedPipeline:
+        cfg = self.config.trainer
+        return PairedPipeline(self.source, self.target, cfg.batch_size, self.seed, cfg.replacement,
+                              labelled=self.target_labelled)
 
     def _param_groups(self) -> list[dict]:
         """One optimizer group per learning-rate multiplier key.
@@ -296,10 +300,9 @@ class Trainer:
 
     def start(self) -> None:
         """Whole-dataset plugin work (``tladapt_fit_start``), then the paired pipeline."""
-        cfg = self.config.trainer
         self.pm.hook.tladapt_fit_start(trainer=self)
-        self.pipeline = PairedPipeline(self.source, self.target, cfg.batch_size, self.seed, cfg.replacement,
-                                       labelled=self.target_labelled)
+        if self.pipeline.source is not self.source or self.pipeline.target is not self.target:
+            self.pipeline = self._make_pipeline()  # a plugin replaced a domain (same length)
         self.modules.train()
         self.history: list[dict] = []
         self.steps_done = 0
