@@ -25,6 +25,16 @@ def make_trainer(config, plugins=(), task=("webcam", "dslr"), seed=0):
     return Trainer(config, src, tgt, make_plugin_manager(active), run_dir, seed)
 
 
+def step_terms(trainer):
+    """Start ``trainer``, draw one batch and return ``(batch, out, terms)`` of a deterministic
+    forward (eval mode: no dropout)."""
+    trainer.start()
+    batch = trainer.pipeline.next()
+    trainer.modules.eval()
+    out = trainer.forward(batch)
+    return batch, out, trainer.losses(batch, out)
+
+
 def host_reads(trainer, monkeypatch, steps):
     """Run ``steps`` training steps of a started trainer; return ``(method, caller file)`` of
     every tensor read back to the host (``.item()``, ``.tolist()``, ``bool(t)``, ...)."""

@@ -18,18 +18,9 @@ from tladapt.experiment import prepare, run_experiment
 from tladapt_plugins.coral import coral_matrix
 from tladapt_plugins.mmd import JAN_SOFTMAX_SIGMA2
 
-from helpers import host_reads, make_trainer
+from helpers import host_reads, make_trainer, step_terms
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
-
-
-def step_terms(t):
-    """Start ``t``, draw one batch and return (out, terms) from a deterministic (eval) forward."""
-    t.start()
-    batch = t.pipeline.next()
-    t.modules.eval()
-    out = t.forward(batch)
-    return batch, out, t.losses(batch, out)
 
 
 def scalars(run_dir):

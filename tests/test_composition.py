@@ -6,7 +6,7 @@ import torch
 import tladapt
 from tladapt.experiment import run_experiment
 
-from helpers import make_trainer
+from helpers import make_trainer, step_terms
 
 ALL = [
     "plugins.dann.weight=0.3", "plugins.dann.hidden=[16]",
@@ -25,11 +25,7 @@ def test_every_uda_plugin_in_one_run(fast_config):
 
 def test_composed_total_is_the_weighted_sum_of_each_plugins_terms(fast_config):
     t = make_trainer(fast_config(*ALL))
-    t.start()
-    batch = t.pipeline.next()
-    t.modules.eval()  # deterministic forward: no dropout
-    out = t.forward(batch)
-    terms = t.losses(batch, out)
+    batch, out, terms = step_terms(t)
     assert set(terms) == {"source", "domain", "mmd", "coral", "pseudo_label"}
     weights = {name: float(term.weight) for name, term in terms.items()}
     assert weights == {"source": 1.0, "domain": 0.3, "mmd": 0.5, "coral": 2.0, "pseudo_label": 0.25}

@@ -27,7 +27,7 @@ from tladapt_plugins.instance_weighting import (
     estimate_weights,
 )
 
-from helpers import host_reads, make_trainer
+from helpers import host_reads, make_trainer, step_terms
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 IW = "plugins.instance_weighting"
@@ -68,11 +68,7 @@ def test_fit_start_weights_are_the_estimators_on_the_training_split(fast_config,
 def test_source_term_is_the_weighted_ce_and_composes_with_dann(fast_config):
     config = fast_config(f"{IW}.estimator='discriminative'", f"{IW}.clip=3.0", "plugins.dann.hidden=[16]")
     t = make_trainer(config)
-    t.start()
-    batch = t.pipeline.next()
-    t.modules.eval()
-    out = t.forward(batch)
-    terms = t.losses(batch, out)
+    batch, out, terms = step_terms(t)
     assert set(terms) == {"source", "domain"}
     w = plugin_of(t).weights
     assert float(w.max()) <= 3.0 + 1e-6 and float(w.double().mean()) == pytest.approx(1.0, abs=1e-6)
@@ -82,7 +78,7 @@ def test_source_term_is_the_weighted_ce_and_composes_with_dann(fast_config):
     expected = (w.double()[batch.idx_s] * ce).sum() / len(batch.y_s)
     source = float(terms["source"].value.detach())
     assert source == pytest.approx(float(expected), rel=1e-5)
-    assert source != pytest.approx(float(ce.mean()), rel=1e-4)  # the weights matter  # the weights matter
+    assert source != pytest.approx(float(ce.mean()), rel=1e-4)  # the weights matter
 
     [result] = run_experiment(config)
     assert result["method"] == "dann+instance_weighting"
@@ -104,11 +100,7 @@ def test_composes_with_dann_mmd_and_coral_in_one_run(fast_config):
                          f"{IW}.estimator='kliep'", f"{IW}.kliep_folds=3", "trainer.steps=10",
                          "trainer.eval_every=10")
     t = make_trainer(config)
-    t.start()
-    batch = t.pipeline.next()
-    t.modules.eval()
-    out = t.forward(batch)
-    terms = t.losses(batch, out)
+    batch, out, terms = step_terms(t)
     assert set(terms) == {"source", "domain", "mmd", "coral"}
     ce = F.cross_entropy(out.logits_s, batch.y_s, reduction="none")
     assert float(terms["source"].value.detach()) == pytest.approx(float((ce * plugin_of(t).weights[batch.idx_s]).mean().detach()))
