@@ -417,20 +417,26 @@ def test_composition_with_dann_total_is_weighted_sum(tmp_path):
     assert all(math.isfinite(v) for v in results["final"].values())
 
 
-@pytest.mark.parametrize("options", [
+STEP_OPTIONS = [
     {"teacher": "model", "selection": "threshold", "entropy_weight": 0.1},
     {"teacher": "ema", "selection": "class_balanced", "refresh_every": 3, "warmup_steps": 1, "ramp_steps": 2},
-])
-def test_training_step_reads_nothing_back_cpu(tmp_path, monkeypatch, options):
-    """CPU stand-in for the CUDA check below: no Python-level read of a tensor value
-    (``.item()``, ``.tolist()``, ``bool(t)``, ...) in ``tladapt_losses`` / ``tladapt_step_end``."""
-    cfg = config(4, tmp_path, {"self_training": options})
-    trainer = make_trainer(cfg, tmp_path)
-    plugin = trainer.pm.get_plugin("self_training")
+]
+
+
+def prepared_steps(tmp_path, options, device="cpu"):
+    """A trainer, its self_training plugin and 4 (batch, out) pairs computed ahead of the step hooks."""
+    trainer = make_trainer(config(4, tmp_path, {"self_training": options}, device=device), tmp_path)
     trainer.pm.hook.tladapt_fit_start(trainer=trainer)
     pipeline = PairedPipeline(trainer.source, trainer.target, 32, 0)
     batches = [pipeline.next() for _ in range(4)]
-    outs = [trainer.forward(b) for b in batches]
+    return trainer, trainer.pm.get_plugin("self_training"), [(b, trainer.forward(b)) for b in batches]
+
+
+@pytest.mark.parametrize("options", STEP_OPTIONS)
+def test_training_step_reads_nothing_back_cpu(tmp_path, monkeypatch, options):
+    """CPU stand-in for the CUDA check below: no Python-level read of a tensor value
+    (``.item()``, ``.tolist()``, ``bool(t)``, ...) in ``tladapt_losses`` / ``tladapt_step_end``."""
+    trainer, plugin, steps = prepared_steps(tmp_path, options)
 
     def forbidden(*args, **kwargs):
         raise AssertionError("a tensor value was read back to the host in the training step")
@@ -438,7 +444,7 @@ def test_training_step_reads_nothing_back_cpu(tmp_path, monkeypatch, options):
     with monkeypatch.context() as patch:
         for name in ("item", "tolist", "numpy", "__bool__", "__float__", "__int__", "__index__"):
             patch.setattr(torch.Tensor, name, forbidden)
-        for step, (batch, out) in enumerate(zip(batches, outs)):
+        for step, (batch, out) in enumerate(steps):
             trainer.step = step
             terms = plugin.tladapt_losses(trainer=trainer, batch=batch, out=out)
             plugin.tladapt_step_end(trainer=trainer)
@@ -446,22 +452,13 @@ def test_training_step_reads_nothing_back_cpu(tmp_path, monkeypatch, options):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA for torch.cuda.set_sync_debug_mode")
-@pytest.mark.parametrize("options", [
-    {"teacher": "model", "selection": "threshold", "entropy_weight": 0.1},
-    {"teacher": "ema", "selection": "class_balanced", "refresh_every": 3, "warmup_steps": 1, "ramp_steps": 2},
-])
+@pytest.mark.parametrize("options", STEP_OPTIONS)
 def test_training_step_has_no_host_sync(tmp_path, options):
-    cfg = config(4, tmp_path, {"self_training": options}, device="cuda")
-    trainer = make_trainer(cfg, tmp_path)
-    plugin = trainer.pm.get_plugin("self_training")
-    trainer.pm.hook.tladapt_fit_start(trainer=trainer)
-    pipeline = PairedPipeline(trainer.source, trainer.target, 32, 0)
-    batches = [pipeline.next() for _ in range(4)]
-    outs = [trainer.forward(b) for b in batches]
+    trainer, plugin, steps = prepared_steps(tmp_path, options, device="cuda")
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
-        for step, (batch, out) in enumerate(zip(batches, outs)):
+        for step, (batch, out) in enumerate(steps):
             trainer.step = step
             plugin.tladapt_losses(trainer=trainer, batch=batch, out=out)
             plugin.tladapt_step_end(trainer=trainer)
