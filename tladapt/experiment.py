@@ -90,9 +90,11 @@ def results_table(results: list[dict], fmt: str = "github") -> str:
         fmt: a ``tabulate`` format (``github`` for markdown, ``tsv``, ...).
     """
     groups: dict[tuple, dict[int, dict]] = {}
-    for r in sorted(results, key=lambda r: r["run_dir"]):
+    for r in results:  # rows keep the order the runs are given in
         key = (r["dataset"], r["task"], r["method"], r.get("config_id", ""))
-        groups.setdefault(key, {})[r["seed"]] = r  # the latest run of each seed wins
+        by_seed = groups.setdefault(key, {})
+        if r["seed"] not in by_seed or r["run_dir"] > by_seed[r["seed"]]["run_dir"]:
+            by_seed[r["seed"]] = r  # the latest run of each seed wins (run directories sort by time)
     configs_per_method: dict[tuple, set] = {}
     for dataset, task, method, config_id in groups:
         configs_per_method.setdefault((dataset, task, method), set()).add(config_id)
