@@ -1,0 +1,40 @@
+"""The ``tladapt`` command. Each sub-command is one module of this package with
+``add_parser(subparsers)`` and ``main(args) -> int``; :data:`COMMANDS` lists them in
+the order ``--help`` shows them."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from tladapt.cli import advise, datasets, distance, plugins, run, table
+from tladapt.config import ConfigError
+from tladapt.manager import PluginError
+
+#: The sub-command modules, in ``--help`` order.
+COMMANDS = (run, plugins, datasets, table, distance, advise)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``tladapt`` command."""
+    parser = argparse.ArgumentParser(prog="tladapt", description="Domain-adaptation experiments with plugins.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for command in COMMANDS:
+        command.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``tladapt`` command; returns the exit status: 2 on bad input (before
+    any training), 1 when plugins break the contract or training diverges."""
+    args = build_parser().parse_args(argv)
+    from tladapt.trainer import TrainingDiverged
+
+    try:
+        return args.func(args)
+    except (ConfigError, ValueError) as err:
+        print(f"tladapt: error: {err}", file=sys.stderr)
+        return 2
+    except (PluginError, TrainingDiverged) as err:
+        print(f"tladapt: error: {err}", file=sys.stderr)
+        return 1
