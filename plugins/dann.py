@@ -18,7 +18,6 @@ import torch
 from torch import nn
 
 import tladapt
-from tladapt.config import ConfigError
 from tladapt.losses import domain_adversarial_loss, grad_reverse, grl_coefficient
 
 
@@ -52,26 +51,14 @@ class DANN:
     class Options:
         """``[plugins.dann]`` options."""
 
-        weight: float = tladapt.option(1.0, "coefficient of the domain loss in the total loss")
-        gamma: float = tladapt.option(10.0, "steepness γ of the GRL schedule λ_p = 2/(1+exp(-γ p)) - 1")
-        max_lambda: float = tladapt.option(1.0, "λ_p is scaled by this value (1 in the paper)")
-        hidden: list[int] = tladapt.option([1024, 1024], "hidden sizes of the domain discriminator")
-        dropout: float = tladapt.option(0.5, "dropout in the domain discriminator")
-        lr_mult: float = tladapt.option(1.0, "learning-rate multiplier of the discriminator")
+        weight: float = tladapt.option(1.0, "coefficient of the domain loss in the total loss", ge=0)
+        gamma: float = tladapt.option(10.0, "steepness γ of the GRL schedule λ_p = 2/(1+exp(-γ p)) - 1", gt=0)
+        max_lambda: float = tladapt.option(1.0, "λ_p is scaled by this value (1 in the paper)", ge=0)
+        hidden: list[int] = tladapt.option([1024, 1024], "hidden sizes of the domain discriminator", gt=0)
+        dropout: float = tladapt.option(0.5, "dropout in the domain discriminator", ge=0, lt=1)
+        lr_mult: float = tladapt.option(1.0, "learning-rate multiplier of the discriminator", ge=0)
 
     def __init__(self, options: Options):
-        o = options
-        checks = [
-            ("gamma", o.gamma > 0, "positive"),
-            ("weight", o.weight >= 0, ">= 0"),
-            ("max_lambda", o.max_lambda >= 0, ">= 0"),
-            ("lr_mult", o.lr_mult >= 0, ">= 0"),
-            ("dropout", 0 <= o.dropout < 1, "in [0, 1)"),
-            ("hidden", all(h > 0 for h in o.hidden), "a list of positive sizes"),
-        ]
-        for key, ok, expected in checks:
-            if not ok:
-                raise ConfigError(f"plugins.dann.{key} must be {expected}, got {getattr(o, key)!r}")
         self.options = options
 
     @tladapt.hookimpl

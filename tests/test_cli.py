@@ -82,7 +82,7 @@ def test_a_second_config_with_bad_options_fails_before_the_first_trains(tmp_path
     bad.write_text("[plugins.dann]\ndropout = 1.5\n")
     runs = tmp_path / "runs"
     assert main(["run", str(ROOT / "tladapt/configs/default.toml"), str(bad), "--runs-dir", str(runs)]) == 2
-    assert "plugins.dann.dropout must be in [0, 1)" in capsys.readouterr().err
+    assert "plugins.dann.dropout must be >= 0, < 1, got 1.5" in capsys.readouterr().err
     assert not runs.exists()
 
 

@@ -33,8 +33,14 @@ def test_int_accepted_for_float_but_not_the_reverse():
     ("trainer.stepz=3", r"unknown key trainer\.stepz: valid keys are steps, batch_size"),
     ("trainers.steps=3", r"unknown config section \[trainers\]: valid sections are experiment, data"),
     ("data.tasks=['amazon-webcam']", r"'amazon-webcam': expected 'source->target'"),
-    ("trainer.steps=0", r"trainer\.steps must be a positive integer"),
-    ("data.source_val_fraction=1.0", r"source_val_fraction must lie in \[0, 1\)"),
+    ("trainer.steps=0", r"trainer\.steps must be > 0, got 0"),
+    ("data.source_val_fraction=1.0", r"data\.source_val_fraction must be >= 0, < 1, got 1\.0"),
+    ("trainer.lr=nan", r"trainer\.lr must be a finite number, got nan"),
+    ("trainer.momentum=inf", r"trainer\.momentum must be a finite number, got inf"),
+    ("model.dropout=1.5", r"model\.dropout must be >= 0, < 1, got 1\.5"),
+    ("trainer.weight_decay=-1", r"trainer\.weight_decay must be >= 0, got -1"),
+    ("model.hidden=[64, 0]", r"model\.hidden\[1\] must be > 0, got 0"),
+    ("trainer.lr_mult={backbone = -0.5}", r"trainer\.lr_mult\['backbone'\] must be >= 0, got -0\.5"),
     ("trainer.device='tpu'", r"trainer\.device: Input should be 'auto', 'cpu' or 'cuda'"),
     ("model.hidden=[1, 'a']", r"model\.hidden\[1\]: Input should be a valid integer"),
 ])
@@ -112,3 +118,26 @@ def test_bundled_default_configs_validate():
     for name in ("default.toml", "default_dann.toml"):
         config, active = prepare(load_config(resources.files("tladapt") / "configs" / name))
         assert [info.name for info, _ in active] == ([] if name == "default.toml" else ["dann"])
+
+
+def test_sections_built_directly_are_validated_like_files():
+    from tladapt.config import ModelSection, TrainerSection
+
+    with pytest.raises(ConfigError, match=r"trainer\.steps must be > 0, got 0"):
+        TrainerSection(steps=0)
+    with pytest.raises(ConfigError, match=r"model\.dropout must be >= 0, < 1, got 1\.5"):
+        ModelSection(dropout=1.5)
+    assert TrainerSection(lr=1).lr == 1.0 and isinstance(TrainerSection(lr=1).lr, float)
+
+
+def test_option_bounds_check_plugin_defaults_too():
+    from dataclasses import dataclass
+
+    from tladapt.options import option, validate_dataclass
+
+    @dataclass
+    class Options:
+        weight: float = option(-1.0, "a default outside its own bounds is reported", ge=0)
+
+    with pytest.raises(ConfigError, match=r"plugins\.x\.weight must be >= 0, got -1\.0"):
+        validate_dataclass(Options, {}, "plugins.x")

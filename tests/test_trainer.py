@@ -222,8 +222,8 @@ def test_docs_page_shows_the_tested_plugin_verbatim():
     ("plugins.danm.weight=1.0", r"unknown plugin 'danm' in \[plugins.danm\]: available plugins are .*dann"),
     ("plugins.dann.wieght=1.0", r"unknown key plugins.dann.wieght: valid keys are weight, gamma"),
     ("plugins.dann.hidden='wide'", r"plugins.dann.hidden: Input should be a valid list"),
-    ("plugins.dann.gamma=-1.0", r"plugins.dann.gamma must be positive"),
-    ("plugins.dann.dropout=1.5", r"plugins.dann.dropout must be in \[0, 1\), got 1.5"),
+    ("plugins.dann.gamma=-1.0", r"plugins.dann.gamma must be > 0, got -1.0"),
+    ("plugins.dann.dropout=1.5", r"plugins.dann.dropout must be >= 0, < 1, got 1.5"),
 ])
 def test_config_errors_come_before_training(fast_config, override, message):
     with pytest.raises(ConfigError, match=message):

@@ -13,71 +13,80 @@ import dataclasses
 import hashlib
 import json
 import re
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import tomllib
 
-import pydantic
+from tladapt.errors import ConfigError
+from tladapt.options import Checked, option, validate_dataclass
 
-
-class ConfigError(ValueError):
-    """A config, override or plugin option is invalid; the message names the key."""
+__all__ = ["ConfigError", "Config", "ExperimentSection", "DataSection", "ModelSection", "TrainerSection",
+           "validate_dataclass", "build_config", "load_config", "read_toml", "apply_override", "parse_task",
+           "parse_seeds", "parse_value"]
 
 
 @dataclass
-class ExperimentSection:
+class ExperimentSection(Checked):
     """``[experiment]``: naming and seeds."""
 
-    name: str = "experiment"
-    method: str = ""  # label in run paths and tables; default: the active plugins joined by '+'
-    seeds: list[int] = field(default_factory=lambda: [0])
-    runs_dir: str = "runs"
+    where: ClassVar[str] = "experiment"
+    name: str = option("experiment", "experiment name: the first level below runs_dir")
+    method: str = option("", "label in run paths and tables; default: the active plugins joined by '+'")
+    seeds: list[int] = option([0], "seeds to run, each a separate run", ge=0)
+    runs_dir: str = option("runs", "root folder of the run directories")
 
 
 @dataclass
-class DataSection:
+class DataSection(Checked):
     """``[data]``: which bundled (or ``module:function``) dataset and tasks."""
 
-    dataset: str = "office_caltech10_surf"
-    tasks: list[str] = field(default_factory=lambda: ["amazon->webcam"])  # "source->target"
-    source_val_fraction: float = 0.1  # stratified held-out source split for metrics/source_val_acc
-    target_labels_per_class: int = 0  # k labelled target samples per class (semi-supervised DA); 0: UDA
+    where: ClassVar[str] = "data"
+    dataset: str = option("office_caltech10_surf", "a bundled dataset (tladapt datasets) or 'module:function'")
+    tasks: list[str] = option(["amazon->webcam"], "tasks as 'source->target' domain names")
+    source_val_fraction: float = option(
+        0.1, "stratified held-out source split for metrics/source_val_acc (0: none)", ge=0, lt=1)
+    target_labels_per_class: int = option(
+        0, "k labelled target samples per class (semi-supervised DA); 0: unsupervised DA", ge=0)
 
 
 @dataclass
-class ModelSection:
+class ModelSection(Checked):
     """``[model]``: the backbone (feature extractor); the head is one linear layer."""
 
-    backbone: str = "auto"  # auto | mlp | lenet | module:function
-    hidden: list[int] = field(default_factory=lambda: [256])  # mlp hidden sizes
-    dropout: float = 0.5
-    init_from: str = ""  # a run directory (or checkpoint.pt) whose backbone and head start this run
+    where: ClassVar[str] = "model"
+    backbone: str = option("auto", "auto | mlp | lenet | module:function (auto: mlp for vectors, lenet for images)")
+    hidden: list[int] = option([256], "mlp hidden sizes; the last is the feature dimension", gt=0)
+    dropout: float = option(0.5, "dropout probability in the backbone", ge=0, lt=1)
+    init_from: str = option("", "a run directory (or checkpoint.pt) whose backbone and head start this run")
 
 
 @dataclass
-class TrainerSection:
+class TrainerSection(Checked):
     """``[trainer]``: optimisation, schedule, cadence and device."""
 
-    steps: int = 2000
-    batch_size: int = 32  # per domain
-    optimizer: Literal["sgd", "adam"] = "sgd"
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    schedule: Literal["constant", "dann"] = "dann"  # dann: lr0 / (1 + 10 p) ** 0.75
-    lr_mult: dict[str, float] = field(default_factory=dict)  # per module or submodule path, e.g. {backbone = 0.1}
-    source_weight: float = 1.0  # weight of the source cross-entropy; 0 trains on labelled target samples only
-    target_weight: float = 1.0  # weight of the labelled-target cross-entropy (data.target_labels_per_class > 0)
-    replacement: bool = False  # sample batches with replacement
-    eval_every: int = 500
-    log_every: int = 50
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    threads: int = 0  # CPU intra-op threads (torch.set_num_threads); 0 keeps torch's default
-    progress: bool = True  # progress bar on a terminal
-    checkpoint: bool = True  # write checkpoint.pt at the end
+    where: ClassVar[str] = "trainer"
+    steps: int = option(2000, "optimizer steps per run", gt=0)
+    batch_size: int = option(32, "samples per domain per step", gt=0)
+    optimizer: Literal["sgd", "adam"] = option("sgd", "sgd (with momentum) or adam")
+    lr: float = option(0.01, "base learning rate", gt=0)
+    momentum: float = option(0.9, "SGD momentum", ge=0, lt=1)
+    weight_decay: float = option(5e-4, "L2 weight decay of every optimised parameter", ge=0)
+    schedule: Literal["constant", "dann"] = option("dann", "learning-rate schedule; dann: lr0 / (1 + 10 p) ** 0.75")
+    lr_mult: dict[str, float] = option(
+        {}, "learning-rate multiplier per module or submodule path, e.g. {backbone = 0.1}", ge=0)
+    source_weight: float = option(
+        1.0, "weight of the source cross-entropy; 0 trains on labelled target samples only", ge=0)
+    target_weight: float = option(
+        1.0, "weight of the labelled-target cross-entropy (data.target_labels_per_class > 0)", ge=0)
+    replacement: bool = option(False, "sample batches with replacement (needed when a domain is smaller than a batch)")
+    eval_every: int = option(500, "steps between evaluations (and one at the end)", gt=0)
+    log_every: int = option(50, "steps between TensorBoard scalar writes (means since the last)", gt=0)
+    device: Literal["auto", "cpu", "cuda"] = option("auto", "auto: cuda when available, else cpu")
+    threads: int = option(0, "CPU intra-op threads (torch.set_num_threads); 0 keeps torch's default", ge=0)
+    progress: bool = option(True, "progress bar on a terminal")
+    checkpoint: bool = option(True, "write checkpoint.pt at the end")
 
 
 @dataclass
@@ -103,38 +112,6 @@ class Config:
 
 
 _SECTIONS = {f.name: f.type for f in dataclasses.fields(Config)}
-
-
-def validate_dataclass(cls: type, data: dict[str, Any], where: str):
-    """Build dataclass ``cls`` from ``data`` with strict type checks.
-
-    Args:
-        cls: a dataclass type.
-        data: its field values; missing fields take their defaults.
-        where: the config location for messages, e.g. ``"trainer"`` or ``"plugins.dann"``.
-
-    Raises:
-        ConfigError: for an unknown key (listing the valid keys) or a value of the
-            wrong type (naming ``where.key``, the expected type and the value).
-    """
-    if not isinstance(data, dict):
-        raise ConfigError(f"[{where}] must be a table, got {data!r}")
-    valid = [f.name for f in dataclasses.fields(cls)]
-    for key in data:
-        if key not in valid:
-            raise ConfigError(f"unknown key {where}.{key}: valid keys are {', '.join(valid) or '(none)'}")
-    hints = typing.get_type_hints(cls)
-    values, problems = {}, []
-    for key, value in data.items():
-        try:
-            values[key] = pydantic.TypeAdapter(hints[key]).validate_python(value, strict=True)
-        except pydantic.ValidationError as err:
-            for e in err.errors():
-                loc = "".join(f"[{p!r}]" for p in e["loc"])
-                problems.append(f"{where}.{key}{loc}: {e['msg']} (got {e['input']!r})")
-    if problems:
-        raise ConfigError("invalid config value: " + "; ".join(problems))
-    return cls(**values)
 
 
 def parse_value(text: str) -> Any:
@@ -231,23 +208,9 @@ def build_config(data: dict[str, Any]) -> Config:
     if not config.experiment.seeds:
         raise ConfigError("experiment.seeds is empty: expected at least one seed")
     t = config.trainer
-    if t.threads < 0:
-        raise ConfigError(f"trainer.threads must be >= 0, got {t.threads}")
-    for key in ("steps", "batch_size", "eval_every", "log_every"):
-        if getattr(t, key) <= 0:
-            raise ConfigError(f"trainer.{key} must be a positive integer, got {getattr(t, key)}")
-    if t.lr <= 0:
-        raise ConfigError(f"trainer.lr must be positive, got {t.lr}")
-    if t.source_weight < 0 or t.target_weight < 0:
-        raise ConfigError(f"trainer.source_weight and trainer.target_weight must be >= 0, "
-                          f"got {t.source_weight} and {t.target_weight}")
     if t.source_weight == 0 and config.data.target_labels_per_class == 0:
         raise ConfigError("trainer.source_weight = 0 with data.target_labels_per_class = 0 leaves no supervised "
                           "loss: label some target samples per class")
-    if config.data.target_labels_per_class < 0:
-        raise ConfigError(f"data.target_labels_per_class must be >= 0, got {config.data.target_labels_per_class}")
-    if not 0.0 <= config.data.source_val_fraction < 1.0:
-        raise ConfigError(f"data.source_val_fraction must lie in [0, 1), got {config.data.source_val_fraction}")
     return config
 
 

@@ -14,6 +14,7 @@ Call order for one run::
                -> tladapt_step_end
     every eval_every steps and at the end:  tladapt_evaluate
     tladapt_fit_end
+    at every checkpoint:  tladapt_state_dict; when a run resumes:  tladapt_load_state_dict
 
 The trainer is the only caller. Hooks that return values (``source_weights``,
 ``losses``) are called for every plugin; ``None`` means "nothing from me".
@@ -145,6 +146,42 @@ def tladapt_fit_end(trainer, results):
         trainer: the run's trainer.
         results: ``dict`` that becomes ``results.json``; may be updated in place
             (JSON-serialisable values only).
+
+    Returns:
+        None.
+    """
+
+
+@hookspec
+def tladapt_state_dict(trainer):
+    """The plugin's own state for a checkpoint: everything its future depends on that is
+    not in a module registered with ``trainer.add_module`` (those are saved by the trainer).
+
+    Examples: an EMA teacher's weights, a pseudo-label bank, importance weights, a
+    closed-form transform, step counters. A plugin whose behaviour after a resume would
+    differ from an uninterrupted run is missing state here.
+
+    Args:
+        trainer: the run's trainer.
+
+    Returns:
+        None (nothing to save) or a dict whose values are tensors, ``int``, ``float``,
+        ``str``, ``bool``, ``None`` and lists, tuples and dicts of these: what
+        ``torch.load(..., weights_only=True)`` reads back. No numpy arrays, no objects.
+    """
+
+
+@hookspec
+def tladapt_load_state_dict(trainer, state):
+    """Restore what this plugin's ``tladapt_state_dict`` returned, when a run resumes.
+
+    Called only for plugins that saved a state, after ``tladapt_setup`` and
+    ``tladapt_fit_start`` and after the trainer restored its modules, before the first
+    resumed step. Tensors arrive on the CPU: move them to ``trainer.device``.
+
+    Args:
+        trainer: the run's trainer.
+        state: the dict this plugin returned from ``tladapt_state_dict``.
 
     Returns:
         None.

@@ -22,12 +22,8 @@ from typing import Any, Iterable
 import pluggy
 
 from tladapt import hookspecs
-from tladapt.config import ConfigError, validate_dataclass
-
-
-class PluginError(RuntimeError):
-    """Plugins broke the contract during a run: two of them returned the same loss name or
-    both returned source weights, or a hook returned a value of the wrong type."""
+from tladapt.errors import ConfigError, PluginError
+from tladapt.options import validate_dataclass
 
 PROJECT = "tladapt"
 

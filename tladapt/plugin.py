@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import torch
+
+from tladapt.options import option
+
+__all__ = ["Term", "option"]
 
 
 class Term(NamedTuple):
@@ -20,21 +23,3 @@ class Term(NamedTuple):
 
     value: torch.Tensor
     weight: float | torch.Tensor = 1.0
-
-
-def option(default: Any, help: str) -> Any:
-    """A dataclass field for a plugin option with its one-line documentation.
-
-    ``help`` is shown by ``tladapt plugins``. Mutable defaults (lists) are copied
-    per instance, so ``option([256, 256], "hidden sizes")`` is safe.
-
-    Example::
-
-        @dataclass
-        class Options:
-            weight: float = option(1.0, "coefficient of the domain loss")
-    """
-    meta = {"help": help}
-    if isinstance(default, (list, dict, set)):
-        return dataclasses.field(default_factory=lambda: type(default)(default), metadata=meta)
-    return dataclasses.field(default=default, metadata=meta)

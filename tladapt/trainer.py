@@ -23,14 +23,11 @@ from tqdm import tqdm
 from tladapt.config import Config, ConfigError
 from tladapt.data.domain import Domain, check_task
 from tladapt.data.pipeline import Batch, PairedPipeline
-from tladapt.manager import PluginError, call_each
+from tladapt.errors import PluginError, TrainingDiverged
+from tladapt.manager import call_each
 from tladapt.models import build_backbone
 from tladapt.plugin import Term
 from tladapt.runs import RunLogger, save_checkpoint, write_json
-
-
-class TrainingDiverged(RuntimeError):
-    """A logged loss became NaN or infinite; the run stops without writing ``results.json``."""
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,7 @@ import argparse
 import sys
 
 from tladapt.cli import advise, datasets, distance, plugins, run, table
-from tladapt.config import ConfigError
-from tladapt.manager import PluginError
+from tladapt.errors import ConfigError, PluginError, TrainingDiverged
 
 #: The sub-command modules, in ``--help`` order.
 COMMANDS = (run, plugins, datasets, table, distance, advise)
@@ -28,8 +27,6 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``tladapt`` command; returns the exit status: 2 on bad input (before
     any training), 1 when plugins break the contract or training diverges."""
     args = build_parser().parse_args(argv)
-    from tladapt.trainer import TrainingDiverged
-
     try:
         return args.func(args)
     except (ConfigError, ValueError) as err:

@@ -8,6 +8,7 @@ import dataclasses
 from tabulate import tabulate
 
 from tladapt.cli.args import add_plugin_arg
+from tladapt.options import field_bounds, field_default, field_help
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -32,10 +33,9 @@ def main(args) -> int:
         print(f"  hooks: {', '.join(info.hooks) or '(none)'}")
         opts = info.options_class
         if opts is not None:
-            rows = []
-            for f in dataclasses.fields(opts):
-                default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-                rows.append([f.name, getattr(f.type, "__name__", str(f.type)), repr(default), f.metadata.get("help", "")])
-            print("  " + tabulate(rows, headers=["option", "type", "default", "help"], tablefmt="plain").replace("\n", "\n  "))
+            rows = [[f.name, getattr(f.type, "__name__", str(f.type)), repr(field_default(f)), field_bounds(f),
+                     field_help(f)] for f in dataclasses.fields(opts)]
+            print("  " + tabulate(rows, headers=["option", "type", "default", "range", "help"],
+                                  tablefmt="plain", disable_numparse=True).replace("\n", "\n  "))
         print()
     return 0
