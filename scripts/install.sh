@@ -13,7 +13,8 @@ pip=("$py" -m pip install --quiet --disable-pip-version-check)
 # torch first and pinned: on a CPU-only machine with a local CPU wheel this takes it,
 # where an open range would pull a multi-GB CUDA build. GPU users may install any
 # torch >= 2.1 before running this script; pip then keeps it.
-"$py" -c "import torch" 2>/dev/null || "${pip[@]}" torch==2.13.0
+# (With --vision or --test and no torch yet, the torch/torchvision pair below comes instead.)
+[ -n "$mode" ] || "$py" -c "import torch" 2>/dev/null || "${pip[@]}" torch==2.13.0
 if [ -n "$mode" ] && ! "$py" -c "import torchvision" 2>/dev/null; then
     # torchvision must match torch exactly. The CPU torch 2.13.0 has no torchvision beside it
     # (PyPI's fails to import: 'operator torchvision::nms does not exist'), so take a pair
