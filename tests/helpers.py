@@ -5,7 +5,7 @@ from pathlib import Path
 
 import torch
 
-from tladapt.data.datasets import load_domain
+from tladapt.data.tasks import load_task
 from tladapt.experiment import prepare
 from tladapt.manager import PluginInfo, make_plugin_manager
 from tladapt.runs import new_run_dir
@@ -16,11 +16,12 @@ HOST_READS = ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int_
 
 def make_trainer(config, plugins=(), task=("webcam", "dslr"), seed=0):
     """A Trainer for ``config`` (its installed plugins) plus extra plugin classes given as
-    ``(name, cls, options)``, on a task of ``config.data.dataset``, in a fresh run directory."""
+    ``(name, cls, options)``, on a task of ``config.data.dataset`` (its class subsets applied),
+    in a fresh run directory."""
     config, active = prepare(config)
     active = sorted(active + [(PluginInfo(name, cls, "test"), opts) for name, cls, opts in plugins],
                     key=lambda a: a[0].name)
-    src, tgt = (load_domain(config.data.dataset, d) for d in task)
+    src, tgt = load_task(config.data, "->".join(task))  # the config's class subsets applied
     run_dir = new_run_dir(config.experiment.runs_dir, "t", "t", "m", seed)
     return Trainer(config, src, tgt, make_plugin_manager(active), run_dir, seed)
 

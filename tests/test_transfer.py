@@ -91,7 +91,8 @@ def test_feature_transfer_uses_the_trainers_k_shot_split_and_writes_a_run(fast_c
     # the same labelled subset as the trainer draws for that seed (so regimes compare on one split)
     from tladapt.data.datasets import load_domain
     from tladapt.transfer import task_splits
-    _, labelled, rest = task_splits(config, "webcam->dslr", 1)
+    splits = task_splits(config, "webcam->dslr", 1)
+    labelled, rest = splits.target_labelled, splits.target_rest
     from tladapt.experiment import prepare
     from tladapt.manager import make_plugin_manager
     from tladapt.runs import new_run_dir

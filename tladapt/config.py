@@ -49,6 +49,15 @@ class DataSection(Checked):
         0.1, "stratified held-out source split for metrics/source_val_acc (0: none)", ge=0, lt=1)
     target_labels_per_class: int = option(
         0, "k labelled target samples per class (semi-supervised DA); 0: unsupervised DA", ge=0)
+    source_classes: list[str | int] = option(
+        [], "keep only these source classes (names or 0-based indices; labels follow the dataset's order); "
+            "empty: all")
+    target_classes: list[str | int] = option(
+        [], "keep only these target classes; classes outside the source's make a different target task "
+            "with its own head (needs target_labels_per_class > 0); empty: all")
+    source_labels: bool = option(
+        True, "false: the source is unlabelled (its labels are dropped at load: self-taught or "
+              "unsupervised pre-training; a plugin supplies the loss)")
 
 
 @dataclass
@@ -208,7 +217,7 @@ def build_config(data: dict[str, Any]) -> Config:
     if not config.experiment.seeds:
         raise ConfigError("experiment.seeds is empty: expected at least one seed")
     t = config.trainer
-    if t.source_weight == 0 and config.data.target_labels_per_class == 0:
+    if t.source_weight == 0 and config.data.target_labels_per_class == 0 and config.data.source_labels:
         raise ConfigError("trainer.source_weight = 0 with data.target_labels_per_class = 0 leaves no supervised "
                           "loss: label some target samples per class")
     return config

@@ -11,7 +11,8 @@ from typing import Iterable
 from tabulate import tabulate
 
 from tladapt.config import Config, ConfigError, parse_task
-from tladapt.data.datasets import DATASETS, load_domain
+from tladapt.data.datasets import DATASETS
+from tladapt.data.tasks import check_class_options, load_task
 from tladapt.manager import PluginInfo, available_plugins, make_plugin_manager, resolve_active
 from tladapt.runs import new_run_dir, write_json
 from tladapt.trainer import Trainer, resolve_device
@@ -26,7 +27,8 @@ def prepare(config: Config, cli_plugins: Iterable[str] = ()) -> tuple[Config, li
 
     Raises:
         ConfigError: for unknown plugins or options, an unknown dataset or domain,
-            or an unavailable device.
+            unknown classes in ``data.source_classes`` / ``data.target_classes`` (or a target
+            task of other classes without labelled target samples), or an unavailable device.
     """
     plugins, forced = available_plugins(cli_plugins)
     active = resolve_active(plugins, config.plugins, forced)
@@ -40,6 +42,7 @@ def prepare(config: Config, cli_plugins: Iterable[str] = ()) -> tuple[Config, li
                 if name not in domains:
                     raise ConfigError(f"data.tasks entry {task!r}: unknown domain {name!r} of "
                                       f"{config.data.dataset}: expected one of {', '.join(domains)}")
+    check_class_options(config.data)
     method = config.experiment.method or "+".join(info.name for info, _ in active) or "source_only"
     config = dataclasses.replace(config, experiment=dataclasses.replace(config.experiment, method=method),
                                  plugins={info.name: info.resolve(table) for info, table in active})
@@ -58,9 +61,7 @@ def run_experiment(config: Config, cli_plugins: Iterable[str] = ()) -> list[dict
     config, active = prepare(config, cli_plugins)
     results = []
     for task in config.data.tasks:
-        source_name, target_name = parse_task(task)
-        source = load_domain(config.data.dataset, source_name)
-        target = load_domain(config.data.dataset, target_name)
+        source, target = load_task(config.data, task)
         for seed in config.experiment.seeds:
             run_dir = new_run_dir(config.experiment.runs_dir, config.experiment.name, task,
                                   config.experiment.method, seed)
@@ -74,6 +75,14 @@ def reference_1nn(dataset: str, task: str) -> float | None:
     """The published 1-NN target accuracy (JDA, ICCV 2013, Table 2) for a task, if any."""
     info = DATASETS.get(dataset)
     return info.reference_1nn.get(parse_task(task)) if info else None
+
+
+def _whole_label_space(result: dict) -> bool:
+    """Whether a run used every class of its bundled dataset in one head (the setting of the
+    published 1-NN numbers); runs from before heads were recorded count as such."""
+    classes = result.get("classes")
+    info = DATASETS.get(result["dataset"])
+    return classes is None or (info is not None and list(classes) == ["head"] and classes["head"] == list(info.classes))
 
 
 def results_table(results: list[dict], fmt: str = "github") -> str:
@@ -100,10 +109,12 @@ def results_table(results: list[dict], fmt: str = "github") -> str:
         configs_per_method.setdefault((dataset, task, method), set()).add(config_id)
     rows = []
     for (dataset, task, method, config_id), by_seed in groups.items():
-        accs = [r["final"]["oracle/target_acc"] for r in by_seed.values()]
+        accs = [r["final"]["oracle/target_acc"] for r in by_seed.values() if "oracle/target_acc" in r["final"]]
+        if not accs:  # a pre-training run with no trained head (data.source_labels = false)
+            continue
         spread = f" ± {statistics.stdev(accs):.2f}" if len(accs) > 1 else ""
         label = method if len(configs_per_method[(dataset, task, method)]) == 1 else f"{method} [{config_id}]"
-        ref = reference_1nn(dataset, task)
+        ref = reference_1nn(dataset, task) if all(_whole_label_space(r) for r in by_seed.values()) else None
         rows.append([dataset, task, label, f"{statistics.fmean(accs):.2f}{spread}", len(accs),
                      "" if ref is None else f"{ref:.2f}"])
     headers = ["dataset", "task", "method", "target acc (%)", "seeds", "published 1-NN (%)"]

@@ -16,13 +16,13 @@ import numpy as np
 import pluggy
 import torch
 import torch.nn.functional as F
-from sklearn.model_selection import train_test_split
 from torch import nn
 from tqdm import tqdm
 
 from tladapt.config import Config, ConfigError
-from tladapt.data.domain import Domain, check_task
+from tladapt.data.domain import Domain
 from tladapt.data.pipeline import Batch, PairedPipeline
+from tladapt.data.tasks import split_source, split_target, split_task  # noqa: F401  (split_*: re-exported)
 from tladapt.errors import PluginError, TrainingDiverged
 from tladapt.manager import call_each
 from tladapt.models import build_backbone
@@ -64,52 +64,6 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def split_source(source: Domain, fraction: float, seed: int) -> tuple[Domain, Domain | None]:
-    """Hold out a stratified, seeded ``fraction`` of the source for validation.
-
-    Returns:
-        ``(train, val)``; ``val`` is None when ``fraction == 0``.
-
-    Raises:
-        ConfigError: if some class has too few samples to be split.
-    """
-    if fraction == 0:
-        return source, None
-    index = np.arange(len(source))
-    try:
-        train, val = train_test_split(index, test_size=fraction, stratify=source.y.cpu().numpy(), random_state=seed)
-    except ValueError as err:
-        raise ConfigError(f"data.source_val_fraction={fraction}: cannot hold out a stratified split of "
-                          f"source domain {source.name!r}: {err}") from None
-    as_index = lambda a: torch.as_tensor(np.sort(a), device=source.x.device)  # noqa: E731
-    return source.subset(as_index(train)), source.subset(as_index(val))
-
-
-def split_target(target: Domain, per_class: int, seed: int) -> tuple[Domain | None, Domain]:
-    """Draw ``per_class`` labelled samples of each class (seeded, stratified) from the target.
-
-    A class keeps at least one sample in the rest, so a class with ``n_c`` samples
-    gives ``min(per_class, n_c - 1)`` labelled ones. The rest stays unlabelled for
-    training and is the test set of ``oracle/target_acc``.
-
-    Returns:
-        ``(labelled subset or None when per_class == 0, rest)``; both keep labels.
-    """
-    if per_class == 0:
-        return None, target
-    gen = torch.Generator().manual_seed(seed)
-    y = target.y.cpu()
-    picked = []
-    for c in y.unique().tolist():
-        members = (y == c).nonzero().squeeze(1)
-        take = min(per_class, len(members) - 1)
-        picked.append(members[torch.randperm(len(members), generator=gen)[:take]])
-    chosen = torch.zeros(len(y), dtype=torch.bool)
-    chosen[torch.cat(picked)] = True
-    to = lambda mask: mask.nonzero().squeeze(1).to(target.x.device)  # noqa: E731
-    return target.subset(to(chosen)), target.subset(to(~chosen))
-
-
 class Trainer:
     """Trains one task with one seed and the active plugins.
 
@@ -129,9 +83,12 @@ class Trainer:
 
     Plugins use: ``device``, ``config``, ``seed``, ``source`` (training split),
     ``source_val``, ``target`` (unlabelled), ``target_labelled`` (the k-shot
-    labelled target subset or None), ``backbone``, ``head``, ``modules``,
-    ``feature_dim``, ``num_classes``, ``step``, ``progress``, ``add_module`` and
-    ``log``.
+    labelled target subset or None), ``backbone``, ``head`` (the target's head, also
+    the source's when their classes agree), ``source_head`` (``head``, or the source's
+    own head for a target task with other classes), ``classes`` (head name -> class
+    names, None for a head nothing trains), ``modules``, ``feature_dim``,
+    ``num_classes`` (the target head's classes), ``step``, ``progress``,
+    ``add_module`` and ``log``.
     """
 
     def __init__(self, config: Config, source: Domain, target: Domain, pm: pluggy.PluginManager,
@@ -141,30 +98,37 @@ class Trainer:
         self.device = resolve_device(cfg.device)
         if cfg.threads and self.device.type == "cpu":
             torch.set_num_threads(cfg.threads)  # process-wide; small models run faster on one thread
-        check_task(source, target)
         torch.manual_seed(seed)
         np.random.seed(seed)
         random.seed(seed)
 
-        source, self.source_val = split_source(source.to(self.device), config.data.source_val_fraction, seed)
-        self.source = source
-        self.target_labelled, target = split_target(target.to(self.device), config.data.target_labels_per_class, seed)
-        self._target_labels = target.y
-        self.target = target.unlabelled()
-        self.num_classes = len(source.classes)
+        splits = split_task(config.data, source, target, seed, self.device)
+        self.source, self.source_val, self.target_labelled = splits.source, splits.source_val, splits.target_labelled
+        self._target_labels = splits.target_rest.y
+        self.target = splits.target_rest.unlabelled()
+        self.num_classes = len(self.target.classes)
         try:  # the pipeline checks the batch size against the domains it will sample
             self.pipeline = self._make_pipeline()
         except ValueError as err:
             raise ConfigError(str(err)) from None
 
         m = config.model
-        self.backbone = build_backbone(m.backbone, source.input_shape, m.hidden, m.dropout)
+        self.backbone = build_backbone(m.backbone, self.source.input_shape, m.hidden, m.dropout)
         self.feature_dim = self.backbone.out_features
         self.head = nn.Linear(self.feature_dim, self.num_classes)
-        self.modules = nn.ModuleDict({"backbone": self.backbone, "head": self.head}).to(self.device)
+        self.modules = nn.ModuleDict({"backbone": self.backbone, "head": self.head})
+        # Which classes each head predicts; None: nothing trains it (an unlabelled source, no target labels).
+        trained = self.target_labelled is not None or (splits.shared_head and self.source.y is not None)
+        self.classes: dict[str, tuple[str, ...] | None] = {"head": self.target.classes if trained else None}
+        self.source_head = self.head
+        if self.source.y is not None and not splits.shared_head:  # a different target task: a head per label set
+            self.source_head = self.modules["source_head"] = nn.Linear(self.feature_dim, len(self.source.classes))
+            self.classes["source_head"] = self.source.classes
+        self.modules.to(self.device)
+        self.init_report: dict[str, str] = {}
         if m.init_from:
             self._init_from(m.init_from)
-        self._lr_mult = {"backbone": 1.0, "head": 1.0}
+        self._lr_mult = {name: 1.0 for name in self.modules}
         self.step, self.progress = 0, 0.0
         self.logger = RunLogger(self.run_dir)
 
@@ -209,14 +173,34 @@ class Trainer:
         return [{"params": params, "lr": cfg.lr * mults[key], "name": key} for key, params in groups.items()]
 
     def _init_from(self, path: str) -> None:
-        """Load backbone and head weights from an earlier run's checkpoint (``model.init_from``)."""
+        """Start the backbone, and each head whose classes match, from an earlier run (``model.init_from``).
+
+        The backbone always loads. A head loads from the checkpoint's head that predicts
+        the same class names in the same order (``classes`` in the checkpoint), so a
+        source model's head starts a same-task target run, and a target task with other
+        classes gets a fresh head sized for them. Checkpoints without ``classes`` load
+        ``head`` into ``head``. ``self.init_report`` (``results.json["init_from"]``) says
+        what started where.
+
+        Raises:
+            ConfigError: no checkpoint at ``path``, or a backbone that does not fit.
+        """
         file = Path(path) / "checkpoint.pt" if Path(path).is_dir() else Path(path)
         if not file.is_file():
             raise ConfigError(f"model.init_from={path!r}: no checkpoint.pt there (expected a run directory or file)")
-        state = torch.load(file, map_location=self.device, weights_only=False)["modules"]
-        state = {k: v for k, v in state.items() if k.split(".", 1)[0] in ("backbone", "head")}
+        ckpt = torch.load(file, map_location=self.device, weights_only=False)
+        state, saved = ckpt["modules"], ckpt.get("classes", {"head": self.classes["head"]})
+        load = {k: v for k, v in state.items() if k.split(".", 1)[0] == "backbone"}
+        self.init_report = {"backbone": str(path)}
+        for name, classes in self.classes.items():
+            match = next((k for k, c in saved.items() if c is not None and tuple(c) == classes), None)
+            if classes is None or match is None:
+                self.init_report[name] = "new (no head of the checkpoint predicts these classes)"
+                continue
+            load.update({f"{name}.{k.split('.', 1)[1]}": v for k, v in state.items() if k.split(".", 1)[0] == match})
+            self.init_report[name] = f"{match} of {path}"
         try:
-            self.modules.load_state_dict(state, strict=False)
+            self.modules.load_state_dict(load, strict=False)
         except RuntimeError as err:
             raise ConfigError(f"model.init_from={path!r} does not fit this model: {err}") from None
 
@@ -246,10 +230,14 @@ class Trainer:
         b = batch.x_s.shape[0]
         parts = [batch.x_s, batch.x_t] + ([] if batch.x_l is None else [batch.x_l])
         features = self.backbone(torch.cat(parts))
-        logits = self.head(features)
+        if self.source_head is self.head:
+            logits = self.head(features)
+            logits_s, logits_rest = logits[:b], logits[b:]
+        else:  # a different target task: the source batch goes through the source's own head
+            logits_s, logits_rest = self.source_head(features[:b]), self.head(features[b:])
         if batch.x_l is None:
-            return Outputs(features[:b], features[b:], logits[:b], logits[b:])
-        return Outputs(features[:b], features[b:2 * b], logits[:b], logits[b:2 * b], features[2 * b:], logits[2 * b:])
+            return Outputs(features[:b], features[b:], logits_s, logits_rest)
+        return Outputs(features[:b], features[b:2 * b], logits_s, logits_rest[:b], features[2 * b:], logits_rest[b:])
 
     def losses(self, batch: Batch, out: Outputs) -> dict[str, Term]:
         """The source loss and every plugin's terms for one step, by name.
@@ -263,9 +251,12 @@ class Trainer:
         weights = call_each(hook.tladapt_source_weights, trainer=self, batch=batch)
         if len(weights) > 1:
             raise PluginError(f"plugins {' and '.join(n for n, _ in weights)} both returned source weights")
-        ce = F.cross_entropy(out.logits_s, batch.y_s, reduction="none")
-        source_loss = (ce * weights[0][1]).mean() if weights else ce.mean()
-        terms, owner = {"source": Term(source_loss, self.config.trainer.source_weight)}, {"source": "the trainer"}
+        terms: dict[str, Term] = {}
+        owner: dict[str, str] = {}
+        if batch.y_s is not None:  # none when data.source_labels = false
+            ce = F.cross_entropy(out.logits_s, batch.y_s, reduction="none")
+            source_loss = (ce * weights[0][1]).mean() if weights else ce.mean()
+            terms["source"], owner["source"] = Term(source_loss, self.config.trainer.source_weight), "the trainer"
         if out.logits_l is not None:  # the few labelled target samples (semi-supervised DA)
             terms["target"] = Term(F.cross_entropy(out.logits_l, batch.y_l), self.config.trainer.target_weight)
             owner["target"] = "the trainer"
@@ -278,6 +269,10 @@ class Trainer:
                 if not isinstance(term, Term):
                     raise PluginError(f"plugin {plugin!r}: loss term {name!r} must be a tladapt.Term, got {type(term).__name__}")
                 terms[name], owner[name] = term, plugin
+        if not terms:
+            raise ConfigError("nothing to train: data.source_labels = false and data.target_labels_per_class = 0 "
+                              "leave no supervised loss, and no active plugin returned a loss term (enable a "
+                              "self-supervised plugin such as [plugins.autoencoder] or [plugins.simclr])")
         return terms
 
     def train_step(self, batch: Batch) -> torch.Tensor:
@@ -330,7 +325,7 @@ class Trainer:
                    desc=f"{self.source.name}->{self.target.name} seed {self.seed}")
         for _ in bar:
             self.advance()
-            if self.history and self.history[-1]["step"] == self.steps_done:
+            if self.history and self.history[-1]["step"] == self.steps_done and "oracle/target_acc" in self.history[-1]:
                 bar.set_postfix(target_acc=f"{self.history[-1]['oracle/target_acc']:.1f}")
         bar.close()
         return self.finish()
@@ -348,7 +343,10 @@ class Trainer:
             "final": self.history[-1],
             "history": self.history,
             "run_dir": str(self.run_dir),
+            "classes": {name: None if c is None else list(c) for name, c in self.classes.items()},
         }
+        if self.init_report:
+            results["init_from"] = self.init_report
         self.pm.hook.tladapt_fit_end(trainer=self, results=results)
         write_json(self.run_dir / "results.json", results)
         if cfg.checkpoint:
@@ -360,19 +358,25 @@ class Trainer:
 
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
-    def predict(self, domain: Domain) -> torch.Tensor:
-        """Predicted classes ``(n,)`` int64 for every sample of ``domain`` (chunked, no grad)."""
-        return domain.map(lambda x: self.head(self.backbone(x)).argmax(1))
+    def predict(self, domain: Domain, head: nn.Module | None = None) -> torch.Tensor:
+        """Predicted classes ``(n,)`` int64 for every sample of ``domain`` (chunked, no grad),
+        by ``head`` (default: the target's head, ``self.head``)."""
+        head = self.head if head is None else head
+        return domain.map(lambda x: head(self.backbone(x)).argmax(1))
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """Accuracies in percent: ``metrics/source_val_acc`` (when a split exists) and the
-        oracle ``oracle/target_acc``, plus whatever ``tladapt_evaluate`` adds; logged at
-        the current step and returned as TensorBoard tag -> value."""
+        """Accuracies in percent: ``metrics/source_val_acc`` (when a labelled split exists,
+        by the source's head) and the oracle ``oracle/target_acc`` (when something trains
+        the target's head), plus whatever ``tladapt_evaluate`` adds; logged at the current
+        step and returned as TensorBoard tag -> value."""
         self.modules.eval()
-        metrics = {"target_acc": 100.0 * (self.predict(self.target) == self._target_labels).float().mean().item()}
-        if self.source_val is not None:
-            metrics["source_val_acc"] = 100.0 * (self.predict(self.source_val) == self.source_val.y).float().mean().item()
+        metrics = {}
+        if self.classes["head"] is not None:
+            metrics["target_acc"] = 100.0 * (self.predict(self.target) == self._target_labels).float().mean().item()
+        if self.source_val is not None and self.source_val.y is not None:
+            hits = self.predict(self.source_val, self.source_head) == self.source_val.y
+            metrics["source_val_acc"] = 100.0 * hits.float().mean().item()
         self.pm.hook.tladapt_evaluate(trainer=self, metrics=metrics, target_labels=self._target_labels)
         self.modules.train()
         tagged = {}
@@ -392,6 +396,7 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
             "config": self.config.to_dict(),
+            "classes": {name: None if c is None else list(c) for name, c in self.classes.items()},
         }
 
     def _hparams(self) -> dict:

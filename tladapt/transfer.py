@@ -32,6 +32,7 @@ from torch import nn
 from tladapt.config import Config, ConfigError, build_config, parse_task
 from tladapt.data.datasets import load_domain
 from tladapt.data.domain import Domain
+from tladapt.data.tasks import TaskSplits, load_task, split_task
 from tladapt.distance import mmd_distance, proxy_a_distance
 from tladapt.models import build_backbone
 from tladapt.runs import RunLogger, new_run_dir, write_json
@@ -199,24 +200,18 @@ def fit_linear(x: np.ndarray, y: np.ndarray, classifier: str = "logistic", seed:
     return make_pipeline(StandardScaler(), clf).fit(x, y)
 
 
-def task_splits(config: Config, task: str, seed: int) -> tuple[Domain, Domain | None, Domain]:
+def task_splits(config: Config, task: str, seed: int) -> TaskSplits:
     """The splits a trainer run of ``task`` with ``seed`` uses, without a trainer.
 
     Returns:
-        ``(source training split, k-shot labelled target or None when
-        data.target_labels_per_class = 0, target rest)``: CPU :class:`Domain` objects, all
-        with labels (the rest's labels are for evaluation only), identical to
-        ``Trainer.source``, ``Trainer.target_labelled`` and the trainer's test set.
+        :func:`tladapt.data.tasks.split_task` of the task's domains (class subsets
+        applied): CPU domains identical to ``Trainer.source``, ``Trainer.target_labelled``
+        and the trainer's test set, the rest's labels kept (for evaluation only).
 
     Raises:
-        ConfigError: as :func:`tladapt.trainer.split_source`; ValueError for unknown domains.
+        ConfigError / ValueError: as :func:`tladapt.data.tasks.load_task` and :func:`split_task`.
     """
-    from tladapt.trainer import split_source, split_target
-
-    s, t = parse_task(task)
-    source, _ = split_source(load_domain(config.data.dataset, s), config.data.source_val_fraction, seed)
-    labelled, rest = split_target(load_domain(config.data.dataset, t), config.data.target_labels_per_class, seed)
-    return source, labelled, rest
+    return split_task(config.data, *load_task(config.data, task), seed)
 
 
 def run_feature_transfer(config: Config, model_dir: str | Path, layer: str = "backbone", *,
@@ -258,7 +253,11 @@ def run_feature_transfer(config: Config, model_dir: str | Path, layer: str = "ba
     results = []
     for task in config.data.tasks:
         for seed in config.experiment.seeds:
-            source, labelled, rest = task_splits(config, task, seed)
+            splits = task_splits(config, task, seed)
+            source, labelled, rest = splits.source, splits.target_labelled, splits.target_rest
+            if train_on == "source+target" and not splits.shared_head:
+                raise ConfigError(f"train_on='source+target' needs one label space, but task {task!r} has a "
+                                  "target with classes of its own (or an unlabelled source): use train_on='target'")
             parts = ([] if train_on == "target" else [source]) + ([] if labelled is None else [labelled])
             x = torch.cat([extract_features(model, d.inputs(), layer) for d in parts]).numpy()
             y = torch.cat([d.y for d in parts]).numpy()
@@ -268,7 +267,7 @@ def run_feature_transfer(config: Config, model_dir: str | Path, layer: str = "ba
             write_json(run_dir / "config.json", config.to_dict())
             final = {"step": 0, "oracle/target_acc": acc, "metrics/train_acc": 100.0 * float((clf.predict(x) == y).mean())}
             result = {"task": task, "method": method, "dataset": config.data.dataset, "seed": seed, "steps": 0,
-                      "final": final, "history": [final], "run_dir": str(run_dir),
+                      "final": final, "history": [final], "run_dir": str(run_dir), "classes": {"head": list(rest.classes)},
                       "transfer": {"layer": layer, "classifier": classifier, "train_on": train_on,
                                    "init_from": str(model_dir), "n_train": int(len(y)), "n_test": len(rest)}}
             logger = RunLogger(run_dir)
@@ -292,8 +291,7 @@ def layer_distances(config: Config, task: str, layers: list[str], model_dir: str
     Raises:
         ConfigError: a layer other than ``"input"`` without ``model_dir``, or as :func:`extract_features`.
     """
-    s, t = parse_task(task)
-    source, target = load_domain(config.data.dataset, s), load_domain(config.data.dataset, t)
+    source, target = load_task(config.data, task)
     model = None
     if model_dir is not None:
         _, model = load_model(model_dir, source.input_shape)
@@ -311,7 +309,7 @@ def labelled_per_class(config: Config, task: str) -> float:
     """Mean labelled target samples per class that ``data.target_labels_per_class`` gives
     (``min(k, n_c - 1)`` per class, as :func:`tladapt.trainer.split_target`); uses only class counts."""
     k = config.data.target_labels_per_class
-    y = load_domain(config.data.dataset, parse_task(task)[1]).y
+    y = load_task(config.data, task)[1].y
     counts = torch.bincount(y)
     counts = counts[counts > 0]
     return float(torch.clamp(counts - 1, max=k).float().mean())
@@ -373,7 +371,9 @@ def advise_task(config: Config, task: str, model_dir: str | Path | None = None,
     regime, reason = recommend(per_class, distances[decision]["pad"], small_below, similar_below)
     labelled_acc = None
     if model_dir is not None and config.data.target_labels_per_class > 0:
-        labelled_acc = source_accuracy(model, task_splits(config, task, config.experiment.seeds[0])[1])
+        splits = task_splits(config, task, config.experiment.seeds[0])
+        if splits.shared_head:  # the source head predicts the target's classes
+            labelled_acc = source_accuracy(model, splits.target_labelled)
     return {"task": task, "labels_per_class": per_class, "distances": distances, "decision_layer": decision,
             "early_layer": early, "regime": regime, "reason": reason, "source_acc_labelled": labelled_acc}
 

@@ -42,7 +42,8 @@ def source_as_is(config, task, model_dir, seeds) -> tuple[list[float], list[floa
     _, model = load_model(model_dir)
     rest_acc, labelled_acc = [], []
     for seed in seeds:
-        _, labelled, rest = task_splits(config, task, seed)
+        splits = task_splits(config, task, seed)
+        labelled, rest = splits.target_labelled, splits.target_rest
         rest_acc.append(source_accuracy(model, rest))
         labelled_acc.append(source_accuracy(model, labelled))
     return rest_acc, labelled_acc

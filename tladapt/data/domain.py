@@ -73,15 +73,22 @@ class Domain:
         return torch.cat([fn(self.transform(self.x[i:i + chunk])) for i in range(0, len(self), chunk)])
 
 
-def check_task(source: Domain, target: Domain) -> None:
-    """Check that ``source`` and ``target`` form a valid adaptation task.
+def check_task(source: Domain, target: Domain, labelled_target: bool = False, source_labels: bool = True) -> None:
+    """Check that ``source`` and ``target`` form a valid task.
+
+    Args:
+        source, target: the task's domains.
+        labelled_target: the run draws labelled target samples (``data.target_labels_per_class
+            > 0``), so a target with classes of its own can train its own head.
+        source_labels: False when the source is unlabelled on purpose (``data.source_labels =
+            false``: self-taught or unsupervised pre-training); its label checks are skipped.
 
     Raises:
-        ValueError: naming the offending argument when a domain is empty, the
-            source has no labels, labels are not 1-D ``int64`` of the right length,
-            source labels fall outside ``source.classes``, the input shapes differ,
-            or target labels (used only for oracle evaluation) fall outside the
-            source class set.
+        ValueError: naming the offending argument when a domain is empty, the source has
+            no labels (unless ``source_labels`` is False), labels are not 1-D ``int64`` of the
+            right length, a domain's labels fall outside its class list, the input shapes
+            differ, or the target has classes outside the source's (by name) and no labelled
+            target samples: unsupervised DA needs the target's classes among the source's.
     """
     for role, dom in (("source", source), ("target", target)):
         if len(dom) == 0:
@@ -92,21 +99,33 @@ def check_task(source: Domain, target: Domain) -> None:
                     f"{role} domain {dom.name!r}: labels must be int64 of shape ({len(dom)},), "
                     f"got {dom.y.dtype} of shape {tuple(dom.y.shape)}"
                 )
+    if source.input_shape != target.input_shape:
+        raise ValueError(
+            f"target domain {target.name!r} has input shape {target.input_shape}, "
+            f"expected the source's {source.input_shape} (domain {source.name!r})"
+        )
     if source.y is None:
-        raise ValueError(f"source domain {source.name!r} has no labels: UDA needs a labelled source")
+        if source_labels:
+            raise ValueError(f"source domain {source.name!r} has no labels: UDA needs a labelled source "
+                             "(data.source_labels = false for a deliberately unlabelled source)")
+        return
     n_classes = len(source.classes)
     if int(source.y.min()) < 0 or int(source.y.max()) >= n_classes:
         raise ValueError(
             f"source domain {source.name!r}: labels must lie in 0..{n_classes - 1} "
             f"(its {n_classes} classes), got {int(source.y.min())}..{int(source.y.max())}"
         )
-    if source.input_shape != target.input_shape:
-        raise ValueError(
-            f"target domain {target.name!r} has input shape {target.input_shape}, "
-            f"expected the source's {source.input_shape} (domain {source.name!r})"
-        )
-    if target.y is not None and (int(target.y.min()) < 0 or int(target.y.max()) >= n_classes):
+    if target.y is not None and (int(target.y.min()) < 0 or int(target.y.max()) >= len(target.classes)):
+        where = "the source class set" if target.classes == source.classes else "its classes"
         raise ValueError(
             f"target domain {target.name!r}: labels {int(target.y.min())}..{int(target.y.max())} "
-            f"fall outside the source class set 0..{n_classes - 1} ({source.name!r})"
+            f"fall outside {where} 0..{len(target.classes) - 1} ({source.name!r})"
+        )
+    outside = [c for c in target.classes if c not in set(source.classes)]
+    if outside and not labelled_target:
+        shown = ", ".join(map(repr, outside[:5])) + (", ..." if len(outside) > 5 else "")
+        raise ValueError(
+            f"target domain {target.name!r} has classes outside the source class set ({shown}): unsupervised "
+            f"DA needs the target's classes among the source's. For a different target task, label some "
+            f"target samples (data.target_labels_per_class > 0) to train its new head"
         )

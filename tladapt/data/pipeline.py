@@ -21,7 +21,7 @@ class Batch:
 
     Attributes:
         x_s: source inputs, ``(b, *input_shape)`` float32.
-        y_s: source labels, ``(b,)`` int64.
+        y_s: source labels, ``(b,)`` int64; None for an unlabelled source (``data.source_labels = false``).
         idx_s: ``(b,)`` int64 row indices into the trainer's ``source`` domain.
         x_t: target inputs, ``(b, *input_shape)`` float32.
         idx_t: ``(b,)`` int64 row indices into the trainer's ``target`` domain.
@@ -32,7 +32,7 @@ class Batch:
     """
 
     x_s: torch.Tensor
-    y_s: torch.Tensor
+    y_s: torch.Tensor | None
     idx_s: torch.Tensor
     x_t: torch.Tensor
     idx_t: torch.Tensor
@@ -93,7 +93,8 @@ class PairedPipeline:
     """Draws source and target batches independently from device-resident domains.
 
     Args:
-        source: labelled source domain, already on the training device.
+        source: source domain (labelled unless the run's source is unlabelled), already on the
+            training device.
         target: target domain on the same device; its labels, if any, are never read.
         batch_size: samples per domain per step.
         seed: seeds the index streams (independent generators).
@@ -135,7 +136,7 @@ class PairedPipeline:
             x_l, y_l = self.labelled.inputs(idx_l), self.labelled.y[idx_l]
         return Batch(
             x_s=self.source.inputs(idx_s),
-            y_s=self.source.y[idx_s],
+            y_s=None if self.source.y is None else self.source.y[idx_s],
             idx_s=idx_s,
             x_t=self.target.inputs(idx_t),
             idx_t=idx_t,
