@@ -183,3 +183,23 @@ def test_a_user_dataset_whose_domains_have_different_class_lists(fast_config, tw
     source, target = load_task(t.config.data, "animals->vehicles")
     splits = split_task(t.config.data, source, target, 0)
     assert not splits.shared_head and splits.target_labelled.classes == ("car", "bus")
+
+
+# ---------------------------------------------------------------- an unlabelled source
+def test_an_unlabelled_source_drops_its_labels_before_the_split_and_needs_a_plugin_loss(fast_config):
+    config = fast_config("data.source_labels=false")
+    t = make_trainer(config)
+    assert t.source.y is None and t.source_val.y is None and t.classes == {"head": None}
+    # the split is a plain seeded split of the row indices: no stratification by the hidden labels
+    webcam = load_domain("office_caltech10_surf", "webcam")
+    from sklearn.model_selection import train_test_split
+    train, _ = train_test_split(np.arange(len(webcam)), test_size=0.1, random_state=0)
+    assert torch.equal(t.source.x, webcam.x[torch.from_numpy(np.sort(train))])
+    t.start()
+    batch = t.pipeline.next()
+    assert batch.y_s is None
+    with pytest.raises(ConfigError, match="nothing to train: data.source_labels = false"):
+        t.losses(batch, t.forward(batch))
+    # with labelled target samples the head trains on them alone and is evaluated
+    [r] = run_experiment(fast_config("data.source_labels=false", "data.target_labels_per_class=3"))
+    assert "oracle/target_acc" in r["final"] and "metrics/source_val_acc" not in r["final"]

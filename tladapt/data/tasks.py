@@ -229,7 +229,7 @@ def split_task(data: DataSection, source: Domain, target: Domain, seed: int,
     if not data.source_labels:
         source = source.unlabelled()
     labelled = data.target_labels_per_class > 0
-    check_task(source, target, labelled_target=labelled)
+    check_task(source, target, labelled_target=labelled, source_labels=data.source_labels)
     shared = source.y is not None and shares_label_space(source, target)
     if shared:
         target = to_source_labels(source, target)
