@@ -23,7 +23,7 @@ from tladapt.errors import ConfigError
 from tladapt.options import Checked, option, validate_dataclass
 
 __all__ = ["ConfigError", "Config", "ExperimentSection", "DataSection", "ModelSection", "TrainerSection",
-           "validate_dataclass", "build_config", "load_config", "read_toml", "apply_override", "parse_task",
+           "ValidationSection", "validate_dataclass", "build_config", "load_config", "read_toml", "apply_override", "parse_task",
            "parse_seeds", "parse_value"]
 
 
@@ -96,6 +96,19 @@ class TrainerSection(Checked):
     threads: int = option(0, "CPU intra-op threads (torch.set_num_threads); 0 keeps torch's default", ge=0)
     progress: bool = option(True, "progress bar on a terminal")
     checkpoint: bool = option(True, "write checkpoint.pt at the end")
+    keep_best: str = option(
+        "", "keep best.pt, the checkpoint of the evaluation point with the best value of this tag, "
+            "e.g. 'validator/im' (direction from the validator); '': none")
+
+
+@dataclass
+class ValidationSection(Checked):
+    """``[validation]``: the label-free validators computed at every evaluation point."""
+
+    where: ClassVar[str] = "validation"
+    validators: list[str] = option([], "validator names (tladapt plugins lists them); empty: every available one")
+    max_samples: int = option(
+        1000, "validators read a seeded subsample of at most this many samples per domain", ge=10)
 
 
 @dataclass
@@ -106,6 +119,7 @@ class Config:
     data: DataSection = field(default_factory=DataSection)
     model: ModelSection = field(default_factory=ModelSection)
     trainer: TrainerSection = field(default_factory=TrainerSection)
+    validation: ValidationSection = field(default_factory=ValidationSection)
     plugins: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -113,10 +127,13 @@ class Config:
         return dataclasses.asdict(self)
 
     def fingerprint(self) -> str:
-        """8 hex digits identifying everything but the seeds and the runs directory, so that
-        runs of one config with different seeds group together and other configs do not."""
+        """8 hex digits identifying everything but the seeds, the runs directory and what is
+        only measured (``[validation]``, ``trainer.keep_best``), so that runs of one config
+        with different seeds group together and other configs do not."""
         data = self.to_dict()
         data["experiment"] = {k: v for k, v in data["experiment"].items() if k not in ("seeds", "runs_dir")}
+        del data["validation"]  # what is measured about a run does not change the run
+        data["trainer"].pop("keep_best")
         return hashlib.sha1(json.dumps(data, sort_keys=True).encode()).hexdigest()[:8]
 
 
@@ -208,6 +225,7 @@ def build_config(data: dict[str, Any]) -> Config:
         data=validate_dataclass(DataSection, data.get("data", {}), "data"),
         model=validate_dataclass(ModelSection, data.get("model", {}), "model"),
         trainer=validate_dataclass(TrainerSection, data.get("trainer", {}), "trainer"),
+        validation=validate_dataclass(ValidationSection, data.get("validation", {}), "validation"),
         plugins=plugins,
     )
     for task in config.data.tasks:

@@ -15,7 +15,8 @@ from tladapt.data.datasets import DATASETS
 from tladapt.data.tasks import check_class_options, load_task
 from tladapt.manager import PluginInfo, available_plugins, make_plugin_manager, resolve_active
 from tladapt.runs import new_run_dir, write_json
-from tladapt.trainer import Trainer, resolve_device
+from tladapt.trainer import Trainer, keep_best_direction, resolve_device
+from tladapt.validators import available_validators, choose_validators
 
 
 def prepare(config: Config, cli_plugins: Iterable[str] = ()) -> tuple[Config, list[tuple[PluginInfo, dict]]]:
@@ -28,7 +29,9 @@ def prepare(config: Config, cli_plugins: Iterable[str] = ()) -> tuple[Config, li
     Raises:
         ConfigError: for unknown plugins or options, an unknown dataset or domain,
             unknown classes in ``data.source_classes`` / ``data.target_classes`` (or a target
-            task of other classes without labelled target samples), or an unavailable device.
+            task of other classes without labelled target samples), an unavailable device,
+            unknown validators (``validation.validators``) or a ``trainer.keep_best`` tag
+            that no validator or accuracy provides.
     """
     plugins, forced = available_plugins(cli_plugins)
     active = resolve_active(plugins, config.plugins, forced)
@@ -43,6 +46,11 @@ def prepare(config: Config, cli_plugins: Iterable[str] = ()) -> tuple[Config, li
                     raise ConfigError(f"data.tasks entry {task!r}: unknown domain {name!r} of "
                                       f"{config.data.dataset}: expected one of {', '.join(domains)}")
     check_class_options(config.data)
+    pm = make_plugin_manager(active)
+    directions = {v.name: v.direction for v in choose_validators(
+        available_validators(pm), config.validation.validators,
+        config.data.source_val_fraction > 0 and config.data.source_labels)}
+    keep_best_direction(config.trainer.keep_best, directions)
     method = config.experiment.method or "+".join(info.name for info, _ in active) or "source_only"
     config = dataclasses.replace(config, experiment=dataclasses.replace(config.experiment, method=method),
                                  plugins={info.name: info.resolve(table) for info, table in active})

@@ -9,10 +9,10 @@ instance lives for one run (one task and seed), so it may keep per-run state.
 
 Call order for one run::
 
-    tladapt_setup -> tladapt_fit_start
+    tladapt_validators -> tladapt_setup -> tladapt_fit_start
     per step:  tladapt_source_weights -> tladapt_losses -> (backward, optimizer step)
                -> tladapt_step_end
-    every eval_every steps and at the end:  tladapt_evaluate
+    every eval_every steps and at the end:  the validators' scores, then tladapt_evaluate
     tladapt_fit_end
     at every checkpoint:  tladapt_state_dict; when a run resumes:  tladapt_load_state_dict
 
@@ -122,8 +122,10 @@ def tladapt_evaluate(trainer, metrics, target_labels):
     """Add metrics and validator scores at an evaluation point.
 
     Called in ``torch.no_grad()`` with the models in eval mode, after the trainer
-    computed ``metrics["source_val_acc"]`` and the oracle
-    ``metrics["target_acc"]``.
+    computed ``metrics["source_val_acc"]``, the oracle ``metrics["target_acc"]`` and
+    the run's validator scores ``metrics["validator/<name>"]``. A label-free score
+    that needs no more than :class:`tladapt.validators.EvalOutputs` is better
+    contributed as a validator (``tladapt_validators``): selection and sweeps use those.
 
     Args:
         trainer: the run's trainer.
@@ -135,6 +137,23 @@ def tladapt_evaluate(trainer, metrics, target_labels):
 
     Returns:
         None.
+    """
+
+
+@hookspec
+def tladapt_validators():
+    """Contribute label-free validators (model-selection scores) to every run.
+
+    Called once per run, when the trainer is built. The built-in validators come through
+    this same hook from :class:`tladapt.validators.CoreValidators`, which every plugin
+    manager registers. Each validator's score is computed at every evaluation point on one
+    :class:`tladapt.validators.EvalOutputs` bundle, logged as ``validator/<name>`` and stored
+    in the run's evaluation records (``results.json`` ``history``), before
+    ``tladapt_evaluate`` is called.
+
+    Returns:
+        A list of :class:`tladapt.validators.Validator` instances, or None. Names are unique
+        across all plugins; two plugins contributing the same name is an error naming both.
     """
 
 

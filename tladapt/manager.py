@@ -193,15 +193,20 @@ def resolve_active(plugins: dict[str, PluginInfo], tables: dict[str, dict], forc
 
 
 def make_plugin_manager(active: list[tuple[PluginInfo, dict]]) -> pluggy.PluginManager:
-    """A fresh ``PluginManager`` with one new instance of each active plugin.
+    """A fresh ``PluginManager`` with the built-in validators plugin
+    (:class:`tladapt.validators.CoreValidators`, named ``tladapt``) and one new instance of
+    each active plugin.
 
     Raises:
         ConfigError: if a plugin implements a misspelt hook or a hook with arguments
             the specification does not have (pluggy's validation and ``check_pending``),
             naming the plugin and where it came from.
     """
+    from tladapt.validators import CoreValidators  # a built-in plugin in every manager
+
     pm = pluggy.PluginManager(PROJECT)
     pm.add_hookspecs(hookspecs)
+    pm.register(CoreValidators(), name=CoreValidators.name)
     name = None
     try:
         for info, table in active:

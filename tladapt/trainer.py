@@ -28,6 +28,7 @@ from tladapt.manager import call_each
 from tladapt.models import build_backbone
 from tladapt.plugin import Term
 from tladapt.runs import RunLogger, save_checkpoint, write_json
+from tladapt.validators import RunValidators, available_validators, better, choose_validators
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,23 @@ def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise ConfigError("trainer.device = 'cuda' but CUDA is not available here: use 'auto' or 'cpu'")
     return torch.device(name)
+
+
+def keep_best_direction(tag: str, directions: dict[str, str]) -> str:
+    """The direction in which ``trainer.keep_best``'s tag improves: the validator's own for
+    ``validator/<name>``, ``"max"`` for accuracies (``metrics/*_acc``, ``oracle/*_acc``).
+
+    Raises:
+        ConfigError: for a tag that is neither a validator of the run nor an accuracy.
+    """
+    if not tag:
+        return "max"
+    if tag.startswith("validator/") and tag.removeprefix("validator/") in directions:
+        return directions[tag.removeprefix("validator/")]
+    if tag.split("/")[0] in ("metrics", "oracle") and tag.endswith("_acc"):
+        return "max"
+    raise ConfigError(f"trainer.keep_best = {tag!r}: expected 'validator/<name>' with one of the run's validators "
+                      f"({', '.join(directions) or 'none'}) or an accuracy tag such as 'metrics/source_val_acc'")
 
 
 class Trainer:
@@ -130,6 +148,13 @@ class Trainer:
             self._init_from(m.init_from)
         self._lr_mult = {name: 1.0 for name in self.modules}
         self.step, self.progress = 0, 0.0
+        labelled_val = self.source_val is not None and self.source_val.y is not None
+        self.validators = RunValidators(  # none when nothing trains the target's head: nothing to select
+            choose_validators(available_validators(pm), config.validation.validators, labelled_val)
+            if self.classes["head"] is not None else [],
+            config.validation.max_samples, seed)
+        self.keep_best_direction = keep_best_direction(cfg.keep_best, self.validators.directions)
+        self.best: dict | None = None
         self.logger = RunLogger(self.run_dir)
 
         pm.hook.tladapt_setup(trainer=self)
@@ -316,6 +341,17 @@ class Trainer:
                                        f"lower trainer.lr or the loss weights")
         if done % cfg.eval_every == 0 or done == cfg.steps:
             self.history.append({"step": done, **self.evaluate()})
+            self._keep_best(self.history[-1])
+
+    def _keep_best(self, record: dict) -> None:
+        """Write ``best.pt`` when ``trainer.keep_best``'s tag improved at this evaluation point."""
+        tag = self.config.trainer.keep_best
+        if not tag:
+            return
+        value = record.get(tag, math.nan)
+        if self.best is None or better(value, self.best["value"], self.keep_best_direction):
+            self.best = {"tag": tag, "direction": self.keep_best_direction, "step": record["step"], "value": value}
+            save_checkpoint(self.run_dir / "best.pt", self.state_dict())
 
     def fit(self) -> dict:
         """Run the whole training; return the results written to ``results.json``."""
@@ -342,11 +378,14 @@ class Trainer:
             "steps": cfg.steps,
             "final": self.history[-1],
             "history": self.history,
+            "validators": self.validators.directions,
             "run_dir": str(self.run_dir),
             "classes": {name: None if c is None else list(c) for name, c in self.classes.items()},
         }
         if self.init_report:
             results["init_from"] = self.init_report
+        if self.best is not None:
+            results["best"] = self.best
         self.pm.hook.tladapt_fit_end(trainer=self, results=results)
         write_json(self.run_dir / "results.json", results)
         if cfg.checkpoint:
@@ -368,8 +407,9 @@ class Trainer:
     def evaluate(self) -> dict[str, float]:
         """Accuracies in percent: ``metrics/source_val_acc`` (when a labelled split exists,
         by the source's head) and the oracle ``oracle/target_acc`` (when something trains
-        the target's head), plus whatever ``tladapt_evaluate`` adds; logged at the current
-        step and returned as TensorBoard tag -> value."""
+        the target's head), the run's validator scores ``validator/<name>``, plus whatever
+        ``tladapt_evaluate`` adds; logged at the current step and returned as TensorBoard
+        tag -> value."""
         self.modules.eval()
         metrics = {}
         if self.classes["head"] is not None:
@@ -377,6 +417,7 @@ class Trainer:
         if self.source_val is not None and self.source_val.y is not None:
             hits = self.predict(self.source_val, self.source_head) == self.source_val.y
             metrics["source_val_acc"] = 100.0 * hits.float().mean().item()
+        metrics.update(self.validators.scores(self))
         self.pm.hook.tladapt_evaluate(trainer=self, metrics=metrics, target_labels=self._target_labels)
         self.modules.train()
         tagged = {}

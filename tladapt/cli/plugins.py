@@ -1,4 +1,5 @@
-"""``tladapt plugins``: each plugin's origin, hooks and options with defaults and help."""
+"""``tladapt plugins``: each plugin's origin, hooks and options with defaults and help, and
+every validator (built in or contributed by a plugin) with its direction."""
 
 from __future__ import annotations
 
@@ -38,4 +39,20 @@ def main(args) -> int:
             print("  " + tabulate(rows, headers=["option", "type", "default", "range", "help"],
                                   tablefmt="plain", disable_numparse=True).replace("\n", "\n  "))
         print()
+    _print_validators(plugins)
     return 0
+
+
+def _print_validators(plugins: dict) -> None:
+    """The validators of the built-in plugin and of every plugin that implements
+    ``tladapt_validators`` (constructed with its default options)."""
+    from tladapt.manager import make_plugin_manager
+    from tladapt.validators import available_validators
+
+    contributing = [(info, {}) for info in plugins.values() if "tladapt_validators" in info.hooks]
+    found = available_validators(make_plugin_manager(contributing))
+    print("validators (label-free model selection; logged as validator/<name>; tladapt select --validator NAME)")
+    rows = [[name, c.validator.direction, c.plugin, (type(c.validator).__doc__ or "").strip().splitlines()[0]]
+            for name, c in found.items()]
+    print("  " + tabulate(rows, headers=["validator", "best", "from", "what"], tablefmt="plain",
+                          disable_numparse=True).replace("\n", "\n  "))
