@@ -95,15 +95,15 @@ def test_divergence_exits_1_with_a_message(tmp_path, capsys):
 
 
 def test_table_keeps_configs_apart_and_counts_each_seed_once(tmp_path, capsys):
-    from tladapt.experiment import results_table
+    from tladapt.tables import build_table, render_table
 
     def run(seed, acc, config_id, stamp):
         return {"dataset": "d", "task": "a->b", "method": "m", "seed": seed, "config_id": config_id,
-                "final": {"oracle/target_acc": acc}, "run_dir": f"runs/x/seed{seed}-{stamp}"}
+                "final": {"oracle/target_acc": acc}, "run_dir": f"runs/x/t/m/seed{seed}-{stamp}"}
 
-    table = results_table([run(0, 50.0, "aaaa", 1), run(0, 60.0, "aaaa", 2), run(1, 70.0, "aaaa", 1),
-                           run(0, 10.0, "bbbb", 1)])
-    rows = {line.split("|")[3].strip(): line for line in table.splitlines()[2:]}
+    table = render_table(build_table([run(0, 50.0, "aaaa", 1), run(0, 60.0, "aaaa", 2), run(1, 70.0, "aaaa", 1),
+                                      run(0, 10.0, "bbbb", 1)]))
+    rows = {line.split("|")[4].strip(): line for line in table.splitlines()[4:]}
     assert set(rows) == {"m [aaaa]", "m [bbbb]"}
-    assert "65.00 ± 7.07" in rows["m [aaaa]"] and "|       2 |" in rows["m [aaaa]"]  # seed 0's latest run: 60
+    assert "65.00 ± 7.07" in rows["m [aaaa]"] and "| 2 " in rows["m [aaaa]"]  # seed 0's latest run: 60
     assert "10.00" in rows["m [bbbb]"]

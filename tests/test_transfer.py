@@ -11,7 +11,8 @@ from tladapt.cli import main
 from tladapt.config import ConfigError, load_config
 from tladapt.discrepancy import mmd
 from tladapt.distance import mmd_distance, proxy_a_distance
-from tladapt.experiment import collect_results, results_table, run_experiment
+from tladapt.experiment import run_experiment
+from tladapt.tables import build_table, collect_results, render_table
 from tladapt.transfer import (REGIMES, candidate_layers, extract_features, labelled_per_class, load_model,
                               recommend, run_feature_transfer)
 from tladapt.trainer import Trainer
@@ -101,7 +102,7 @@ def test_feature_transfer_uses_the_trainers_k_shot_split_and_writes_a_run(fast_c
                 make_plugin_manager(active), new_run_dir(cfg.experiment.runs_dir, "x", "t", "m", 1), 1)
     assert torch.equal(labelled.x, t.target_labelled.x) and torch.equal(rest.y, t._target_labels)
     # tladapt table reads them like any run; the TensorBoard scalar is there
-    table = results_table(collect_results(Path(results[0]["run_dir"]).parents[2]))
+    table = render_table(build_table(collect_results(Path(results[0]["run_dir"]).parents[2])))
     assert "lin" in table
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     acc = EventAccumulator(results[0]["run_dir"])

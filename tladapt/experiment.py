@@ -1,14 +1,9 @@
-"""Running an experiment (tasks x seeds for one method) and tabulating results."""
+"""Running an experiment: tasks x seeds for one method (tables: :mod:`tladapt.tables`)."""
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import statistics
-from pathlib import Path
 from typing import Iterable
-
-from tabulate import tabulate
 
 from tladapt.config import Config, ConfigError, parse_task
 from tladapt.data.datasets import DATASETS
@@ -77,58 +72,3 @@ def run_experiment(config: Config, cli_plugins: Iterable[str] = ()) -> list[dict
             trainer = Trainer(config, source, target, make_plugin_manager(active), run_dir, seed)
             results.append(trainer.fit())
     return results
-
-
-def reference_1nn(dataset: str, task: str) -> float | None:
-    """The published 1-NN target accuracy (JDA, ICCV 2013, Table 2) for a task, if any."""
-    info = DATASETS.get(dataset)
-    return info.reference_1nn.get(parse_task(task)) if info else None
-
-
-def _whole_label_space(result: dict) -> bool:
-    """Whether a run used every class of its bundled dataset in one head (the setting of the
-    published 1-NN numbers); runs from before heads were recorded count as such."""
-    classes = result.get("classes")
-    info = DATASETS.get(result["dataset"])
-    return classes is None or (info is not None and list(classes) == ["head"] and classes["head"] == list(info.classes))
-
-
-def results_table(results: list[dict], fmt: str = "github") -> str:
-    """A table of target accuracy (mean ± std over seeds, percent) per dataset, task and
-    method, with the published 1-NN reference beside it.
-
-    Runs group by dataset, task, method and config fingerprint (``config_id``), so that
-    runs of different configs under one method name are never averaged together: such
-    methods are shown as ``method [config_id]``. A seed run more than once counts once,
-    with its latest run (run directories sort by time).
-
-    Args:
-        results: dicts as in ``results.json``.
-        fmt: a ``tabulate`` format (``github`` for markdown, ``tsv``, ...).
-    """
-    groups: dict[tuple, dict[int, dict]] = {}
-    for r in results:  # rows keep the order the runs are given in
-        key = (r["dataset"], r["task"], r["method"], r.get("config_id", ""))
-        by_seed = groups.setdefault(key, {})
-        if r["seed"] not in by_seed or r["run_dir"] > by_seed[r["seed"]]["run_dir"]:
-            by_seed[r["seed"]] = r  # the latest run of each seed wins (run directories sort by time)
-    configs_per_method: dict[tuple, set] = {}
-    for dataset, task, method, config_id in groups:
-        configs_per_method.setdefault((dataset, task, method), set()).add(config_id)
-    rows = []
-    for (dataset, task, method, config_id), by_seed in groups.items():
-        accs = [r["final"]["oracle/target_acc"] for r in by_seed.values() if "oracle/target_acc" in r["final"]]
-        if not accs:  # a pre-training run with no trained head (data.source_labels = false)
-            continue
-        spread = f" ± {statistics.stdev(accs):.2f}" if len(accs) > 1 else ""
-        label = method if len(configs_per_method[(dataset, task, method)]) == 1 else f"{method} [{config_id}]"
-        ref = reference_1nn(dataset, task) if all(_whole_label_space(r) for r in by_seed.values()) else None
-        rows.append([dataset, task, label, f"{statistics.fmean(accs):.2f}{spread}", len(accs),
-                     "" if ref is None else f"{ref:.2f}"])
-    headers = ["dataset", "task", "method", "target acc (%)", "seeds", "published 1-NN (%)"]
-    return tabulate(rows, headers=headers, tablefmt=fmt)
-
-
-def collect_results(root: str | Path) -> list[dict]:
-    """Read every ``results.json`` below ``root`` (a runs directory or part of one)."""
-    return [json.loads(p.read_text()) for p in sorted(Path(root).rglob("results.json"))]

@@ -32,7 +32,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def main(args) -> int:
     """Run ``tladapt run``; returns the exit status."""
-    from tladapt.experiment import prepare, results_table, run_experiment
+    from tladapt.experiment import prepare, run_experiment
+    from tladapt.tables import build_table, render_table
 
     paths = args.configs or _default_config_paths()
     overrides = args.set + ([f"model.init_from={json.dumps(args.init_from)}"] if args.init_from else [])
@@ -48,7 +49,7 @@ def main(args) -> int:
     results = []
     for config in configs:
         results += run_experiment(config, args.plugin)
-    print(results_table(results))
+    print(render_table(build_table(results)))
     print(f"\nRun directories (TensorBoard: tensorboard --logdir {configs[0].experiment.runs_dir}):")
     for r in results:
         print(f"  {r['run_dir']}")
