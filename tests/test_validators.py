@@ -262,7 +262,7 @@ def test_unknown_validator_or_keep_best_tag_fails_before_any_run(fast_config, tm
         run_experiment(fast_config("validation.validators=['nope']"))
     with pytest.raises(ConfigError, match="trainer.keep_best = 'validator/nope'"):
         run_experiment(fast_config("trainer.keep_best='validator/nope'"))
-    with pytest.raises(ConfigError, match="dev read the held-out source split"):
+    with pytest.raises(ConfigError, match="dev read the labelled held-out source split"):
         run_experiment(fast_config("validation.validators=['dev']", "data.source_val_fraction=0"))
     assert not (tmp_path / "runs").exists()
 

@@ -212,6 +212,9 @@ def build_table(items: Iterable[Run | dict], select: str = "last", metric: str =
     no_metric = runs_frame([r for r in runs if r.results is not None and not any(metric in h for h in _records(r.results))])
     if not no_metric.empty:
         left_out = pd.concat([left_out, no_metric.assign(status=f"finished, no {metric}")], ignore_index=True)
+    if not finished and not no_metric.empty:
+        tags = sorted({k for r in runs if r.results for h in _records(r.results) for k in h if "/" in k})
+        raise ConfigError(f"no run recorded {metric!r}; recorded tags are {', '.join(tags)}")
     if not finished:
         raise ConfigError("no finished run (results.json) to tabulate"
                           + (f"; {len(left_out)} run(s) are not finished" if len(left_out) else ""))
