@@ -186,7 +186,7 @@ def test_plugins_never_see_target_labels(fast_config):
 
     make_trainer(fast_config(), [("spy", Spy, {})]).fit()
     assert seen["target_y"] is None
-    assert seen["batch_fields"] == {"x_s", "y_s", "idx_s", "x_t", "idx_t"}
+    assert seen["batch_fields"] == {"x_s", "y_s", "idx_s", "x_t", "idx_t", "rows_s", "rows_t"}  # no y_t
     assert seen["oracle"] == (157,)  # only evaluation sees the hidden labels (dslr has 157)
 
 

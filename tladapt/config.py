@@ -1,6 +1,6 @@
 """Experiment configs: TOML files mapped onto dataclasses, ``--set`` overrides, early errors.
 
-A config file has the tables ``[experiment]``, ``[data]``, ``[model]``,
+A config file has the tables ``[experiment]``, ``[data]``, ``[augment]``, ``[model]``,
 ``[trainer]`` and one ``[plugins.<name>]`` table per active plugin; every key is
 optional. ``extends = "base.toml"`` at the top merges the file over another one
 (path relative to the file), so variants of an experiment do not repeat it.
@@ -22,7 +22,7 @@ import tomllib
 from tladapt.errors import ConfigError
 from tladapt.options import Checked, option, validate_dataclass
 
-__all__ = ["ConfigError", "Config", "ExperimentSection", "DataSection", "ModelSection", "TrainerSection",
+__all__ = ["ConfigError", "Config", "ExperimentSection", "DataSection", "AugmentSection", "ModelSection", "TrainerSection",
            "ValidationSection", "validate_dataclass", "build_config", "load_config", "read_toml", "apply_override", "parse_task",
            "parse_seeds", "parse_value"]
 
@@ -40,10 +40,12 @@ class ExperimentSection(Checked):
 
 @dataclass
 class DataSection(Checked):
-    """``[data]``: which bundled (or ``module:function``) dataset and tasks."""
+    """``[data]``: which dataset (bundled, image folder or ``module:function``) and tasks."""
 
     where: ClassVar[str] = "data"
-    dataset: str = option("office_caltech10_surf", "a bundled dataset (tladapt datasets) or 'module:function'")
+    dataset: str = option("office_caltech10_surf", "a bundled dataset (tladapt datasets), 'image_folder:/root' "
+                          "(root/<domain>/<class>/<image>), 'image_list:/root' (TLlib lists "
+                          "root/image_list/<domain>.txt) or 'module:function'")
     tasks: list[str] = option(["amazon->webcam"], "tasks as 'source->target' domain names")
     source_val_fraction: float = option(
         0.1, "stratified held-out source split for metrics/source_val_acc (0: none)", ge=0, lt=1)
@@ -58,6 +60,39 @@ class DataSection(Checked):
     source_labels: bool = option(
         True, "false: the source is unlabelled (its labels are dropped at load: self-taught or "
               "unsupervised pre-training; a plugin supplies the loss)")
+    image_size: int = option(256, "image datasets: side S of the decode-once uint8 cache", gt=0)
+    image_resize: Literal["center_crop", "stretch"] = option(
+        "center_crop", "image datasets: center_crop (shorter side to S, centre S x S) or stretch (to S x S, "
+                       "as TLlib's ResizeImage)")
+    cache_dir: str = option("", "image datasets: folder of the decoded caches; '': <root>/.tladapt-cache when "
+                                "writable, else ~/.cache/tladapt")
+    placement: Literal["auto", "device", "host"] = option(
+        "auto", "where the domains live: device (on the training device), host (pinned memory, batches "
+                "copied one step ahead on a side stream; CUDA), auto (device when both fit in half the free "
+                "device memory)")
+
+
+@dataclass
+class AugmentSection(Checked):
+    """``[augment]``: the views of image domains (ignored by feature datasets), computed on the device."""
+
+    where: ClassVar[str] = "augment"
+    train: Literal["auto", "none", "standard"] = option(
+        "auto", "training augmentation: standard (random resized crop, flip, colour jitter), none (the "
+                "evaluation view), auto (standard for image folders, none for bundled digits)")
+    input_size: int = option(0, "model input side; 0: 7/8 of the stored side for image folders (224 from 256), "
+                                "the stored side for bundled digits", ge=0)
+    scale: list[float] = option([0.08, 1.0], "random resized crop: [min, max] fraction of the image area", gt=0, le=1)
+    ratio: list[float] = option([3 / 4, 4 / 3], "random resized crop: [min, max] aspect ratio", gt=0)
+    flip: bool = option(True, "random horizontal flip (probability 1/2)")
+    color_jitter: list[float] = option(
+        [0.0, 0.0, 0.0, 0.0], "[brightness, contrast, saturation, hue] strengths as torchvision's ColorJitter; "
+                              "0: off", ge=0)
+    mean: list[float] = option([], "normalisation mean per channel; []: the dataset's (ImageNet for image "
+                                   "folders, none for digits)")
+    std: list[float] = option([], "normalisation std per channel; []: the dataset's", gt=0)
+    strong_ops: int = option(2, "strong view (FixMatch): RandAugment ops drawn per sample", ge=1)
+    cutout: float = option(0.5, "strong view: Cutout side as a fraction of the input side", ge=0, le=1)
 
 
 @dataclass
@@ -117,6 +152,7 @@ class Config:
 
     experiment: ExperimentSection = field(default_factory=ExperimentSection)
     data: DataSection = field(default_factory=DataSection)
+    augment: AugmentSection = field(default_factory=AugmentSection)
     model: ModelSection = field(default_factory=ModelSection)
     trainer: TrainerSection = field(default_factory=TrainerSection)
     validation: ValidationSection = field(default_factory=ValidationSection)
@@ -223,6 +259,7 @@ def build_config(data: dict[str, Any]) -> Config:
     config = Config(
         experiment=validate_dataclass(ExperimentSection, data.get("experiment", {}), "experiment"),
         data=validate_dataclass(DataSection, data.get("data", {}), "data"),
+        augment=validate_dataclass(AugmentSection, data.get("augment", {}), "augment"),
         model=validate_dataclass(ModelSection, data.get("model", {}), "model"),
         trainer=validate_dataclass(TrainerSection, data.get("trainer", {}), "trainer"),
         validation=validate_dataclass(ValidationSection, data.get("validation", {}), "validation"),
@@ -234,11 +271,24 @@ def build_config(data: dict[str, Any]) -> Config:
         raise ConfigError("data.tasks is empty: expected at least one 'source->target' task")
     if not config.experiment.seeds:
         raise ConfigError("experiment.seeds is empty: expected at least one seed")
+    _check_augment(config.augment)
     t = config.trainer
     if t.source_weight == 0 and config.data.target_labels_per_class == 0 and config.data.source_labels:
         raise ConfigError("trainer.source_weight = 0 with data.target_labels_per_class = 0 leaves no supervised "
                           "loss: label some target samples per class")
     return config
+
+
+def _check_augment(a: AugmentSection) -> None:
+    for key in ("scale", "ratio"):
+        pair = getattr(a, key)
+        if len(pair) != 2 or pair[0] > pair[1]:
+            raise ConfigError(f"augment.{key} must be [min, max] with min <= max, got {pair}")
+    if len(a.color_jitter) != 4 or a.color_jitter[3] > 0.5:
+        raise ConfigError(f"augment.color_jitter must be [brightness, contrast, saturation, hue] with hue <= 0.5, "
+                          f"got {a.color_jitter}")
+    if a.mean and a.std and len(a.mean) != len(a.std):
+        raise ConfigError(f"augment.mean and augment.std must have the same length, got {a.mean} and {a.std}")
 
 
 def parse_task(task: str) -> tuple[str, str]:

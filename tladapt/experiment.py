@@ -6,7 +6,9 @@ import dataclasses
 from typing import Iterable
 
 from tladapt.config import Config, ConfigError, parse_task
-from tladapt.data.datasets import DATASETS
+from tladapt.data.augment import resolve_spec
+from tladapt.data.datasets import DATASETS, DIGITS_FORMAT
+from tladapt.data.images import is_image_dataset, prepare_images
 from tladapt.data.tasks import check_class_options, load_task
 from tladapt.manager import PluginInfo, available_plugins, make_plugin_manager, resolve_active
 from tladapt.runs import new_run_dir, write_json
@@ -26,12 +28,16 @@ def prepare(config: Config, cli_plugins: Iterable[str] = ()) -> tuple[Config, li
             unknown classes in ``data.source_classes`` / ``data.target_classes`` (or a target
             task of other classes without labelled target samples), an unavailable device,
             unknown validators (``validation.validators``) or a ``trainer.keep_best`` tag
-            that no validator or accuracy provides.
+            that no validator or accuracy provides,
+            or an image dataset that cannot be read (its caches are built here, see
+            :func:`tladapt.data.images.prepare_images`).
     """
     plugins, forced = available_plugins(cli_plugins)
     active = resolve_active(plugins, config.plugins, forced)
     resolve_device(config.trainer.device)
-    if ":" not in config.data.dataset:
+    if is_image_dataset(config.data.dataset):
+        prepare_images(config.data, config.augment, progress=None if config.trainer.progress else False)
+    elif ":" not in config.data.dataset:
         if config.data.dataset not in DATASETS:
             raise ConfigError(f"unknown data.dataset {config.data.dataset!r}: expected one of {', '.join(sorted(DATASETS))}")
         domains = DATASETS[config.data.dataset].domains
@@ -40,6 +46,11 @@ def prepare(config: Config, cli_plugins: Iterable[str] = ()) -> tuple[Config, li
                 if name not in domains:
                     raise ConfigError(f"data.tasks entry {task!r}: unknown domain {name!r} of "
                                       f"{config.data.dataset}: expected one of {', '.join(domains)}")
+        if config.data.dataset == "digits":
+            try:
+                resolve_spec(DIGITS_FORMAT, 28, 1, config.augment)
+            except ValueError as err:
+                raise ConfigError(str(err)) from None
     check_class_options(config.data)
     pm = make_plugin_manager(active)
     directions = {v.name: v.direction for v in choose_validators(

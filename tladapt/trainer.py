@@ -20,8 +20,9 @@ from torch import nn
 from tqdm import tqdm
 
 from tladapt.config import Config, ConfigError
+from tladapt.data.augment import attach
 from tladapt.data.domain import Domain
-from tladapt.data.pipeline import Batch, PairedPipeline
+from tladapt.data.pipeline import Batch, PairedPipeline, resolve_placement
 from tladapt.data.tasks import split_source, split_target, split_task  # noqa: F401  (split_*: re-exported)
 from tladapt.errors import PluginError, TrainingDiverged
 from tladapt.manager import call_each
@@ -116,11 +117,13 @@ class Trainer:
         self.device = resolve_device(cfg.device)
         if cfg.threads and self.device.type == "cpu":
             torch.set_num_threads(cfg.threads)  # process-wide; small models run faster on one thread
+        source, target = attach(source, config.augment), attach(target, config.augment)
         torch.manual_seed(seed)
         np.random.seed(seed)
         random.seed(seed)
 
-        splits = split_task(config.data, source, target, seed, self.device)
+        host = resolve_placement(config.data.placement, (source, target), self.device)
+        splits = split_task(config.data, source, target, seed, self.device, host)
         self.source, self.source_val, self.target_labelled = splits.source, splits.source_val, splits.target_labelled
         self._target_labels = splits.target_rest.y
         self.target = splits.target_rest.unlabelled()

@@ -25,7 +25,9 @@ Typical use::
     tgt = load_domain("office_caltech10_surf", "amazon")
     DATASETS["office_caltech10_surf"].reference_1nn[("caltech", "amazon")]   # 23.70
 
-User datasets are named ``"package.module:function"``; see :func:`load_domain`.
+User datasets are named ``"package.module:function"``, image folders and TLlib image
+lists ``"image_folder:/root"`` and ``"image_list:/root"`` (:mod:`tladapt.data.images`);
+see :func:`load_domain`.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from tladapt.data.augment import ImageFormat
 from tladapt.data.domain import Domain
 
 __all__ = ["DatasetInfo", "DATASETS", "load_domain", "describe_datasets"]
@@ -90,6 +93,10 @@ def _surf_reference() -> dict[tuple[str, str], float]:
 
 
 _DIGIT_NAMES = tuple(str(d) for d in range(10))
+
+#: The bundled ``digits`` are image domains: floats in [0, 1], no normalisation, and
+#: ``augment.train = "auto"`` leaves them unaugmented (their exact published inputs).
+DIGITS_FORMAT = ImageFormat(max_value=1.0, mean=None, std=None, augment=False, crop_fraction=1.0)
 
 #: Every bundled benchmark, by name. Values are :class:`DatasetInfo`.
 DATASETS: dict[str, DatasetInfo] = {
@@ -329,7 +336,7 @@ def _load_user_domain(spec: str, domain: str) -> Domain:
     return result
 
 
-def load_domain(dataset: str, domain: str, dtype: torch.dtype = torch.float32) -> Domain:
+def load_domain(dataset: str, domain: str, dtype: torch.dtype = torch.float32, images=None) -> Domain:
     """Load one domain of a bundled benchmark, preprocessed as the benchmark's papers do.
 
     Args:
@@ -337,10 +344,14 @@ def load_domain(dataset: str, domain: str, dtype: torch.dtype = torch.float32) -
             user dataset: ``function(domain)`` is imported and called and must
             return a :class:`Domain`, which is returned unchanged (``dtype`` is
             not applied; the function owns its own preprocessing).
+            ``"image_folder:/root"`` or ``"image_list:/root"``: an image dataset
+            (:func:`tladapt.data.images.load_image_domain`; ``dtype`` not applied).
         domain: one of ``DATASETS[dataset].domains``.
         dtype: floating dtype of the returned ``x``. Preprocessing is always done
             in float64 numpy and cast at the end, so ``torch.float64`` gives the
             exact values behind the published 1-NN numbers.
+        images: :class:`tladapt.data.images.ImageOptions` for image datasets
+            (default: 256, centre crop, the default cache folder).
 
     Returns:
         A :class:`Domain` named ``domain`` with fresh tensors (safe to modify):
@@ -363,7 +374,8 @@ def load_domain(dataset: str, domain: str, dtype: torch.dtype = torch.float32) -
           exactly; USPS 16x16 upsampled to 28x28 by
           ``torch.nn.functional.interpolate(mode="bilinear", align_corners=False)``
           in float64 (then clipped to [0, 1] against rounding) so that both digit
-          sources share an input shape.
+          sources share an input shape. These are image domains (``image`` =
+          :data:`DIGITS_FORMAT`): the run's ``[augment]`` section can augment them.
 
     Raises:
         ValueError: unknown ``dataset`` or ``domain`` (the message lists the valid
@@ -374,6 +386,10 @@ def load_domain(dataset: str, domain: str, dtype: torch.dtype = torch.float32) -
         raise TypeError(
             f"dataset and domain must be str, got {type(dataset).__name__} and {type(domain).__name__}"
         )
+    if dataset.startswith(("image_folder:", "image_list:")):
+        from tladapt.data.images import ImageDataset, ImageOptions, load_image_domain
+
+        return load_image_domain(ImageDataset.parse(dataset), domain, images or ImageOptions())
     if ":" in dataset:
         return _load_user_domain(dataset, domain)
     info = _check_names(dataset, domain)
@@ -386,6 +402,7 @@ def load_domain(dataset: str, domain: str, dtype: torch.dtype = torch.float32) -
         x=torch.tensor(x, dtype=dtype),  # torch.tensor always copies
         y=torch.tensor(y, dtype=torch.int64),
         classes=info.classes,
+        image=DIGITS_FORMAT if dataset == "digits" else None,
     )
 
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Callable
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Callable
 
 import torch
+
+if TYPE_CHECKING:
+    from tladapt.data.augment import Augmentation, ImageFormat
 
 
 def _to_float32(x: torch.Tensor) -> torch.Tensor:
@@ -26,6 +29,17 @@ class Domain:
         transform: maps a gathered batch of ``x`` (any leading size ``b``) to the
             model's ``float32`` input of shape ``(b, *input_shape)``, using tensor
             ops only so that it runs on the training device. Defaults to a cast.
+            It is the evaluation view; training uses ``augment`` when set.
+        augment: the training-time augmentation of an image domain
+            (:class:`tladapt.data.augment.Augmentation`: ``weak`` and ``strong`` views
+            drawn with the pipeline's generator), or None: training uses ``transform``.
+        image: how the stored pixels of an image domain read
+            (:class:`tladapt.data.augment.ImageFormat`), or None for a feature domain.
+            Only domains with an ``image`` get the run's ``[augment]`` views.
+        host: None when ``x`` lives on the training device; for a domain kept in
+            host memory (``data.placement = "host"``), the training device, where
+            ``y``, the inputs of :meth:`inputs` and :meth:`map` and the pipeline's
+            batches go while ``x`` stays in (pinned) CPU memory.
 
     The dataset loaders (:mod:`tladapt.data.datasets`) apply each benchmark's
     whole-domain preprocessing (e.g. per-domain z-scores) before building the
@@ -37,32 +51,79 @@ class Domain:
     y: torch.Tensor | None
     classes: tuple[str, ...]
     transform: Callable[[torch.Tensor], torch.Tensor] = field(default=_to_float32, repr=False)
+    augment: "Augmentation | None" = field(default=None, repr=False)
+    image: "ImageFormat | None" = field(default=None, repr=False)
+    host: torch.device | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
         return self.x.shape[0]
 
     @property
     def input_shape(self) -> tuple[int, ...]:
-        """Shape of one input, without the sample dimension."""
-        return tuple(self.x.shape[1:])
+        """Shape of one model input, without the sample dimension (an image domain's
+        evaluation view may crop its stored ``x``)."""
+        if self.image is None:
+            return tuple(self.x.shape[1:])
+        return tuple(self.transform(self.x[:1]).shape[1:])
 
-    def to(self, device: torch.device | str) -> "Domain":
-        """A copy whose tensors live on ``device`` (one host-to-device copy)."""
+    @property
+    def device(self) -> torch.device:
+        """The training device of this domain's inputs (``x``'s device unless kept on the host)."""
+        return self.x.device if self.host is None else self.host
+
+    def to(self, device: torch.device | str, host: bool = False) -> "Domain":
+        """A copy whose tensors live on ``device`` (one host-to-device copy), or with
+        ``host = True`` whose ``x`` stays in CPU memory (pinned when ``device`` is CUDA)
+        and whose labels and inputs go to ``device``."""
+        device = torch.device(device)
         y = None if self.y is None else self.y.to(device)
-        return Domain(self.name, self.x.to(device), y, self.classes, self.transform)
+        if not host:
+            return replace(self, x=self.x.to(device), y=y, host=None)
+        x = self.x.cpu()
+        if device.type == "cuda" and not x.is_pinned():
+            x = x.pin_memory()
+        return replace(self, x=x, y=y, host=device)
 
     def subset(self, index: torch.Tensor) -> "Domain":
         """The samples at ``index`` (``int64``, shape ``(m,)``) as a new domain."""
-        y = None if self.y is None else self.y[index]
-        return Domain(self.name, self.x[index], y, self.classes, self.transform)
+        y = None if self.y is None else self.y[index.to(self.y.device)]
+        x = self.x[index.to(self.x.device)]
+        if self.x.is_pinned():
+            x = x.pin_memory()
+        return replace(self, x=x, y=y)
+
+    def _on_device(self, rows: torch.Tensor) -> torch.Tensor:
+        return rows if self.host is None else rows.to(self.host, non_blocking=True)
 
     def unlabelled(self) -> "Domain":
         """The same inputs without labels: what plugins see of the target domain."""
-        return Domain(self.name, self.x, None, self.classes, self.transform)
+        return replace(self, y=None)
 
     def inputs(self, index: torch.Tensor | None = None) -> torch.Tensor:
-        """Model inputs ``(m, *input_shape)`` ``float32`` for ``index`` (all samples if None)."""
-        return self.transform(self.x if index is None else self.x[index])
+        """Model inputs ``(m, *input_shape)`` ``float32`` for ``index`` (all samples if None):
+        the evaluation view."""
+        rows = self.x if index is None else self.x[index.to(self.x.device)]
+        return self.transform(self._on_device(rows))
+
+    def view(self, rows: torch.Tensor, generator: torch.Generator, policy: str = "weak") -> torch.Tensor:
+        """Training inputs ``(b, *input_shape)`` float32 of gathered rows ``x[index]``.
+
+        Args:
+            rows: stored samples, ``(b, *x.shape[1:])``, on the training device.
+            generator: the pipeline's generator for this domain (same device).
+            policy: ``"weak"`` (the training augmentation; ``transform`` for a domain
+                without one) or ``"strong"`` (:meth:`Augmentation.strong`).
+
+        Raises:
+            ValueError: ``"strong"`` for a domain without augmentation, or an unknown policy.
+        """
+        if policy == "weak":
+            return self.transform(rows) if self.augment is None else self.augment.weak(rows, generator)
+        if policy == "strong":
+            if self.augment is None:
+                raise ValueError(f"domain {self.name!r} has no augmentation: a strong view needs an image domain")
+            return self.augment.strong(rows, generator)
+        raise ValueError(f"unknown view policy {policy!r}: expected 'weak' or 'strong'")
 
     def map(self, fn: Callable[[torch.Tensor], torch.Tensor], chunk: int = 2048) -> torch.Tensor:
         """``fn`` applied to the model inputs ``chunk`` rows at a time, concatenated along dim 0.
@@ -70,7 +131,7 @@ class Domain:
         For whole-domain inference (evaluation, feature extraction) in bounded memory;
         call it under ``torch.no_grad()`` when no gradient is wanted.
         """
-        return torch.cat([fn(self.transform(self.x[i:i + chunk])) for i in range(0, len(self), chunk)])
+        return torch.cat([fn(self.transform(self._on_device(self.x[i:i + chunk]))) for i in range(0, len(self), chunk)])
 
 
 def check_task(source: Domain, target: Domain, labelled_target: bool = False, source_labels: bool = True) -> None:

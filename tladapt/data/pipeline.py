@@ -2,8 +2,15 @@
 
 Both domains live on the training device for the whole run. Each step draws an
 index tensor per domain on the device, gathers the rows and applies the domain's
-``transform`` as tensor ops: no host-to-device copy, no Python work per sample,
+training view (its augmentation, drawn from the pipeline's generator, or its
+``transform``) as tensor ops: no host-to-device copy, no Python work per sample,
 no ``.item()``.
+
+A domain kept in host memory (``data.placement = "host"``, :meth:`Domain.to` with
+``host=True``) is sampled by a :class:`HostSampler` instead: indices are drawn on the
+CPU, the rows gathered into pinned memory and copied to the device on a side stream
+one step ahead, so the copy of batch ``t + 1`` overlaps step ``t`` and the step
+itself still waits on nothing but a stream event.
 """
 
 from __future__ import annotations
@@ -29,6 +36,10 @@ class Batch:
             ``(b_l, *input_shape)`` float32 with ``b_l = min(b, n_labelled)``; None
             when the task has no labelled target subset.
         y_l: their labels, ``(b_l,)`` int64, or None.
+        rows_s, rows_t: the gathered stored rows ``x[idx]`` before any view was
+            applied (``(b, *stored_shape)``, the stored dtype, on the device), from
+            which :meth:`PairedPipeline.view` draws further views; None when the
+            batch was built by hand.
     """
 
     x_s: torch.Tensor
@@ -38,6 +49,8 @@ class Batch:
     idx_t: torch.Tensor
     x_l: torch.Tensor | None = None
     y_l: torch.Tensor | None = None
+    rows_s: torch.Tensor | None = None
+    rows_t: torch.Tensor | None = None
 
 
 class IndexStream:
@@ -89,6 +102,60 @@ class IndexStream:
         return self._epoch[self._next - 1]
 
 
+class HostSampler:
+    """Batches of a domain kept in host memory, copied to the device one step ahead.
+
+    Indices come from ``stream`` (a CPU generator); the rows are gathered with one
+    ``index_select`` into a pinned buffer and copied, with the indices, to ``device``
+    on a side CUDA stream. :meth:`next` returns the batch fetched at the previous call
+    (after making the current stream wait for its copy, without blocking the host)
+    and starts fetching the following one. On a CPU device the same logic runs with
+    plain memory and no streams.
+
+    Args:
+        x: the domain's stored samples, a CPU tensor (pinned for CUDA).
+        stream: the domain's :class:`IndexStream`, on the CPU.
+        device: the training device.
+    """
+
+    def __init__(self, x: torch.Tensor, stream: IndexStream, device: torch.device):
+        self.x, self.stream, self.device = x, stream, device
+        self._side = torch.cuda.Stream(device) if device.type == "cuda" else None
+        self._ahead = self._fetch()
+
+    def _fetch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = self.stream.next()
+        rows = torch.empty((idx.shape[0], *self.x.shape[1:]), dtype=self.x.dtype, pin_memory=self._side is not None)
+        torch.index_select(self.x, 0, idx, out=rows)
+        if self._side is None:
+            return idx, rows
+        idx = idx.pin_memory()
+        with torch.cuda.stream(self._side):
+            return idx.to(self.device, non_blocking=True), rows.to(self.device, non_blocking=True)
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(idx, rows)`` on the device: ``(b,)`` int64 and ``(b, *x.shape[1:])``."""
+        idx, rows = self._ahead
+        if self._side is not None:
+            current = torch.cuda.current_stream(self.device)
+            current.wait_stream(self._side)
+            idx.record_stream(current)
+            rows.record_stream(current)
+        self._ahead = self._fetch()
+        return idx, rows
+
+
+class _DeviceSampler:
+    """Batches of a device-resident domain: indices drawn and rows gathered on the device."""
+
+    def __init__(self, x: torch.Tensor, stream: IndexStream):
+        self.x, self.stream = x, stream
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = self.stream.next()
+        return idx, self.x[idx]
+
+
 class PairedPipeline:
     """Draws source and target batches independently from device-resident domains.
 
@@ -104,6 +171,11 @@ class PairedPipeline:
             holds ``min(batch_size, len(labelled))`` of its samples, drawn without
             replacement by epochs like the others.
 
+    Every random draw comes from a generator of the pipeline seeded from ``seed``
+    (:attr:`generators`): the index streams (``3 seed + 0, 1, 2``; on the CPU for a
+    domain kept on the host) and one augmentation generator per domain on the
+    device (``2**32 + 3 seed + 0, 1, 2``), so a run's batches and views repeat.
+
     Raises:
         ValueError: from :class:`IndexStream` for empty domains or a batch size
             larger than a domain without replacement, naming the domain.
@@ -111,35 +183,79 @@ class PairedPipeline:
 
     def __init__(self, source: Domain, target: Domain, batch_size: int, seed: int, replacement: bool = False,
                  labelled: Domain | None = None):
-        device = source.x.device
+        device = source.device
+        self.generators: dict[str, torch.Generator] = {}
 
-        def stream(role, dom, offset, size, replace):
-            gen = torch.Generator(device=device).manual_seed(3 * seed + offset)
+        def sampler(role, dom, offset, size, replace):
+            gen = torch.Generator(device="cpu" if dom.host is not None else device).manual_seed(3 * seed + offset)
+            self.generators[f"{role}_index"] = gen
+            self.generators[f"{role}_augment"] = torch.Generator(device=device).manual_seed(2**32 + 3 * seed + offset)
             try:
-                return IndexStream(len(dom), size, gen, replace)
+                stream = IndexStream(len(dom), size, gen, replace)
             except ValueError as err:
                 raise ValueError(f"{role} domain {dom.name!r}: {err}") from None
+            return _DeviceSampler(dom.x, stream) if dom.host is None else HostSampler(dom.x, stream, device)
 
-        self._source_stream = stream("source", source, 0, batch_size, replacement)
-        self._target_stream = stream("target", target, 1, batch_size, replacement)
-        self._labelled_stream = None
+        self._samplers = {"source": sampler("source", source, 0, batch_size, replacement),
+                          "target": sampler("target", target, 1, batch_size, replacement)}
         if labelled is not None:
-            self._labelled_stream = stream("labelled target", labelled, 2, min(batch_size, len(labelled)), False)
+            self._samplers["labelled"] = sampler("labelled", labelled, 2, min(batch_size, len(labelled)), False)
         self.source, self.target, self.labelled = source, target, labelled
+
+    def _draw(self, role: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        idx, rows = self._samplers[role].next()
+        dom = getattr(self, role)
+        return idx, rows, dom.view(rows, self.generators[f"{role}_augment"])
 
     def next(self) -> Batch:
         """Gather the next :class:`Batch` (device tensors only)."""
-        idx_s, idx_t = self._source_stream.next(), self._target_stream.next()
+        idx_s, rows_s, x_s = self._draw("source")
+        idx_t, rows_t, x_t = self._draw("target")
         x_l = y_l = None
-        if self._labelled_stream is not None:
-            idx_l = self._labelled_stream.next()
-            x_l, y_l = self.labelled.inputs(idx_l), self.labelled.y[idx_l]
-        return Batch(
-            x_s=self.source.inputs(idx_s),
-            y_s=None if self.source.y is None else self.source.y[idx_s],
-            idx_s=idx_s,
-            x_t=self.target.inputs(idx_t),
-            idx_t=idx_t,
-            x_l=x_l,
-            y_l=y_l,
-        )
+        if self.labelled is not None:
+            idx_l, _, x_l = self._draw("labelled")
+            y_l = self.labelled.y[idx_l]
+        return Batch(x_s=x_s, y_s=None if self.source.y is None else self.source.y[idx_s], idx_s=idx_s, x_t=x_t, idx_t=idx_t, x_l=x_l, y_l=y_l,
+                     rows_s=rows_s, rows_t=rows_t)
+
+    def view(self, batch: Batch, role: str = "target", policy: str = "strong") -> torch.Tensor:
+        """Another view of the batch's source or target rows, e.g. FixMatch's strong view.
+
+        Args:
+            batch: a batch from :meth:`next`.
+            role: ``"source"`` or ``"target"``.
+            policy: ``"weak"`` (a fresh draw of the training augmentation) or
+                ``"strong"`` (:meth:`tladapt.data.augment.Augmentation.strong`).
+
+        Returns:
+            ``(b, *input_shape)`` float32 on the device, row ``i`` a view of the same
+            sample as ``batch.x_t[i]`` (resp. ``x_s``); drawn from the domain's
+            augmentation generator, so it is seeded by the run.
+
+        Raises:
+            ValueError: an unknown role or policy, a batch without rows, or
+                ``"strong"`` for a domain without augmentation (features).
+        """
+        if role not in ("source", "target"):
+            raise ValueError(f"unknown role {role!r}: expected 'source' or 'target'")
+        rows = batch.rows_s if role == "source" else batch.rows_t
+        if rows is None:
+            raise ValueError("this batch holds no stored rows (it was not drawn by PairedPipeline.next)")
+        return getattr(self, role).view(rows, self.generators[f"{role}_augment"], policy)
+
+
+def resolve_placement(placement: str, domains: tuple[Domain, ...], device: torch.device) -> bool:
+    """Whether the domains stay in host memory (``data.placement``).
+
+    ``"device"``: no; ``"host"``: yes; ``"auto"``: on CUDA, yes when their stored
+    samples and labels take more than half of the device's free memory (the rest is
+    left to the model's weights, activations and optimizer state), else no; on the
+    CPU, no (host and device memory are one).
+    """
+    if placement != "auto":
+        return placement == "host"
+    if device.type != "cuda":
+        return False
+    free, _ = torch.cuda.mem_get_info(device)
+    need = sum(d.x.nbytes + (0 if d.y is None else d.y.nbytes) for d in domains)
+    return need > free // 2

@@ -19,7 +19,7 @@ so their splits are identical by construction.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -28,6 +28,7 @@ from sklearn.model_selection import train_test_split
 from tladapt.config import DataSection, parse_task
 from tladapt.data.datasets import DATASETS, load_domain
 from tladapt.data.domain import Domain, check_task
+from tladapt.data.images import ImageOptions
 from tladapt.errors import ConfigError
 
 __all__ = ["TaskSplits", "class_selection", "select_classes", "load_task", "shares_label_space",
@@ -85,7 +86,7 @@ def select_classes(domain: Domain, selection: list[str | int], key: str = "data.
     relabel[keep] = torch.arange(len(keep), device=domain.y.device)
     rows = (relabel[domain.y] >= 0).nonzero().squeeze(1)
     sub = domain.subset(rows)
-    return Domain(sub.name, sub.x, relabel[sub.y], tuple(domain.classes[k] for k in keep), sub.transform)
+    return replace(sub, y=relabel[sub.y], classes=tuple(domain.classes[k] for k in keep))
 
 
 def load_task(data: DataSection, task: str) -> tuple[Domain, Domain]:
@@ -97,8 +98,9 @@ def load_task(data: DataSection, task: str) -> tuple[Domain, Domain]:
             ValueError / TypeError: as :func:`tladapt.data.datasets.load_domain`.
     """
     s, t = parse_task(task)
-    source = select_classes(load_domain(data.dataset, s), data.source_classes, "data.source_classes")
-    target = select_classes(load_domain(data.dataset, t), data.target_classes, "data.target_classes")
+    images = ImageOptions.of(data)
+    source = select_classes(load_domain(data.dataset, s, images=images), data.source_classes, "data.source_classes")
+    target = select_classes(load_domain(data.dataset, t, images=images), data.target_classes, "data.target_classes")
     return source, target
 
 
@@ -127,7 +129,7 @@ def to_source_labels(source: Domain, target: Domain) -> Domain:
         where = {name: k for k, name in enumerate(source.classes)}
         to = torch.tensor([where[name] for name in target.classes], dtype=torch.int64, device=y.device)
         y = to[y]
-    return Domain(target.name, target.x, y, source.classes, target.transform)
+    return replace(target, y=y, classes=source.classes)
 
 
 def split_source(source: Domain, fraction: float, seed: int) -> tuple[Domain, Domain | None]:
@@ -152,7 +154,7 @@ def split_source(source: Domain, fraction: float, seed: int) -> tuple[Domain, Do
     except ValueError as err:
         raise ConfigError(f"data.source_val_fraction={fraction}: cannot hold out a stratified split of "
                           f"source domain {source.name!r}: {err}") from None
-    as_index = lambda a: torch.as_tensor(np.sort(a), device=source.x.device)  # noqa: E731
+    as_index = lambda a: torch.as_tensor(np.sort(a), device=source.device)  # noqa: E731
     return source.subset(as_index(train)), source.subset(as_index(val))
 
 
@@ -177,7 +179,7 @@ def split_target(target: Domain, per_class: int, seed: int) -> tuple[Domain | No
         picked.append(members[torch.randperm(len(members), generator=gen)[:take]])
     chosen = torch.zeros(len(y), dtype=torch.bool)
     chosen[torch.cat(picked)] = True
-    to = lambda mask: mask.nonzero().squeeze(1).to(target.x.device)  # noqa: E731
+    to = lambda mask: mask.nonzero().squeeze(1).to(target.device)  # noqa: E731
     return target.subset(to(chosen)), target.subset(to(~chosen))
 
 
@@ -204,7 +206,7 @@ class TaskSplits:
 
 
 def split_task(data: DataSection, source: Domain, target: Domain, seed: int,
-               device: torch.device | str | None = None) -> TaskSplits:
+               device: torch.device | str | None = None, host: bool = False) -> TaskSplits:
     """Check a task, align its label spaces and split it for one seed.
 
     Order: ``data.source_labels = false`` drops the source labels first (nothing after
@@ -218,6 +220,7 @@ def split_task(data: DataSection, source: Domain, target: Domain, seed: int,
         source, target: the task's domains (:func:`load_task`, or any :class:`Domain`).
         seed: seeds both splits.
         device: where the returned domains live (default: where they are).
+        host: keep the inputs in host memory (``data.placement = "host"``, :meth:`Domain.to`).
 
     Raises:
         ValueError: for an invalid task (:func:`tladapt.data.check_task`), including a target
@@ -225,7 +228,7 @@ def split_task(data: DataSection, source: Domain, target: Domain, seed: int,
         ConfigError: as :func:`split_source`.
     """
     if device is not None:
-        source, target = source.to(device), target.to(device)
+        source, target = source.to(device, host), target.to(device, host)
     if not data.source_labels:
         source = source.unlabelled()
     labelled = data.target_labels_per_class > 0
