@@ -126,6 +126,26 @@ def pa_layers():
     return MMDLoss, CORALLoss
 
 
+#: The code paths of the kernel math, as (POOLED_MAX, _BROADCAST_MAX): the pooled
+#: small-batch MMD (default for the small inputs here), the blocked MMD, each with the
+#: kernels formed in one broadcast or in the cache-sized chunks of large inputs.
+PATHS = {
+    "pooled": (1 << 30, 1 << 30),
+    "pooled-chunked": (1 << 30, 0),
+    "blocked": (0, 1 << 30),
+    "blocked-chunked": (0, 0),
+}
+
+
+@pytest.fixture(autouse=True, params=list(PATHS))
+def kernel_path(request, monkeypatch):
+    """Every test here runs on every path, so each is held to the same references."""
+    pooled_max, broadcast_max = PATHS[request.param]
+    monkeypatch.setattr(D, "POOLED_MAX", pooled_max)
+    monkeypatch.setattr(D, "_BROADCAST_MAX", broadcast_max)
+    return request.param
+
+
 # ------------------------------------------------------------- distances & kernels
 
 
@@ -312,6 +332,30 @@ def test_mmd_second_order_gradients():
     x, y = X5[:4].clone().requires_grad_(), Y7[:3].clone().requires_grad_()
     for est in ("biased", "unbiased"):
         assert torch.autograd.gradgradcheck(lambda a, b: D.mmd(a, b, bandwidth=SIG2S, estimator=est), (x, y))
+
+
+def test_gradient_into_one_side_only():
+    # a frozen target (no grad): the source gradient alone, first and second order
+    x, y = X5[:4].clone().requires_grad_(), Y7.clone()
+    for est in ("biased", "unbiased"):
+        f = lambda a: D.mmd(a, y, bandwidth=SIG2S, estimator=est)  # noqa: E731
+        assert torch.autograd.gradcheck(f, (x,)) and torch.autograd.gradgradcheck(f, (x,))
+
+
+@pytest.mark.parametrize("b", [32, 128, 160])
+def test_paths_agree_at_training_batch_sizes(b, monkeypatch):
+    # float32 features as in training: the pooled and the blocked MMD, value and gradients
+    x = _rand(b, 64, seed=7, dtype=torch.float32).requires_grad_()
+    y = (_rand(b, 64, seed=8, dtype=torch.float32) + 0.3).requires_grad_()
+    results = []
+    for pooled_max in (1 << 30, 0):
+        monkeypatch.setattr(D, "POOLED_MAX", pooled_max)
+        for est in ("biased", "unbiased"):
+            v = D.mmd(x, y, estimator=est)
+            results.append((v, *torch.autograd.grad(v, (x, y))))
+    for a, b_ in zip(results[:2], results[2:]):
+        for ta, tb in zip(a, b_):
+            torch.testing.assert_close(ta, tb, rtol=2e-4, atol=1e-7)
 
 
 def test_gradients_of_kernel_and_distances():

@@ -255,35 +255,225 @@ def _is_rule(bandwidth) -> bool:
     return False
 
 
-def _data_base(rule: str, x: torch.Tensor, y: torch.Tensor, blocks=None) -> torch.Tensor:
-    """Median or mean of the pooled off-diagonal squared distances, with the 0 fall-backs."""
+def _data_base(rule: str, x: torch.Tensor, y: torch.Tensor, blocks=None, pooled=None) -> torch.Tensor:
+    """Median or mean of the pooled off-diagonal squared distances, with the 0 fall-backs.
+
+    ``blocks`` (``d_xx, d_yy, d_xy``) are the distances when the caller has them already;
+    ``pooled`` is ``(zc, d)``, the centred pooled batch and its ``(N, N)`` distances
+    (:func:`_pooled_sq_dists`).
+    """
     with torch.no_grad():
-        x, y = x.detach(), y.detach()
-        z = torch.cat([x, y])
-        zc = z - z.mean(0, keepdim=True)
-        npool = z.shape[0]
+        if pooled is None:
+            z = torch.cat([x.detach(), y.detach()])
+            zc = z - z.mean(0, keepdim=True)
+        else:
+            zc, d = (t.detach() for t in pooled)
+        npool = zc.shape[0]
         # sum_{i<j} ||z_i - z_j||^2 = N * sum_i ||z_i - mean||^2
         mean = 2.0 * (zc * zc).sum() / (npool - 1)
         if rule == "mean":
             base = mean
         else:
-            if blocks is None:  # distances are translation invariant: use the centred batch
-                n = x.shape[0]
-                blocks = (_sq_dists(zc[:n]), _sq_dists(zc[n:]), _sq_dists(zc[:n], zc[n:]))
-            base = _pooled_median(*(b.detach() for b in blocks))
+            if blocks is None and pooled is None:  # distances are translation invariant: use the centred batch
+                if _is_small(npool):
+                    d = _pooled_sq_dists(zc)
+                else:
+                    n = x.shape[0]
+                    blocks = (_sq_dists(zc[:n]), _sq_dists(zc[n:]), _sq_dists(zc[:n], zc[n:]))
+            if blocks is None:
+                base = _median(d.reshape(-1)[_upper_pairs(npool, d.device)])
+            else:
+                base = _pooled_median(*(b.detach() for b in blocks))
             base = torch.where(base > 0, base, mean)
         return torch.where(base > 0, base, torch.ones_like(base))
 
 
-def _sigma2(bandwidth, scales, x, y, blocks=None) -> torch.Tensor:
+# ----------------------------------------------------------------- small batches
+#
+# At the batch sizes people train with (32-128 per domain) a call costs its number of
+# ops, not its arithmetic. The pooled path (:class:`_PooledMMD`) works on one (N, N)
+# matrix of the pooled batch z = [x; y] (N = n + m): one GEMM for the distances, the
+# exact median over its upper triangle, the K kernels in one (K, N^2) exp and one small
+# GEMM (:func:`_gauss_mix_broadcast`), the estimator's block sums from two tiny GEMMs,
+# and a hand-written backward of one GEMM: about 8 top-level ops instead of ~90. The
+# blocked path, with its cache-sized chunks, wins once the matrices outgrow the cache
+# (measured in benchmarks/mmd_speed.py, RESULTS.md).
+
+#: Pooled batches of at most this many samples (both domains together) take the pooled path.
+POOLED_MAX = 256
+
+
+def _is_small(npool: int) -> bool:
+    return npool <= POOLED_MAX
+
+
+def _pooled_sq_dists(z: torch.Tensor) -> torch.Tensor:
+    """``||z_i - z_j||^2`` for the pooled batch ``z`` (N, d): one GEMM, clamped at 0, zero diagonal."""
+    sq = (z * z).sum(1)
+    d = torch.addmm(sq.unsqueeze(1) + sq, z, z.t(), alpha=-2.0).clamp_min(0)
+    d.diagonal().zero_()
+    return d
+
+
+@functools.lru_cache(maxsize=64)
+def _upper_pairs(npool: int, device: torch.device) -> torch.Tensor:
+    """Flat indices ``i * N + j`` of the pairs ``i < j`` of an (N, N) matrix, made once per size."""
+    i, j = torch.triu_indices(npool, npool, 1, device=device)
+    return i * npool + j
+
+
+def _median(v: torch.Tensor) -> torch.Tensor:
+    """Exact median of a 1-D tensor; the mean of the two middle values for an even count
+    (as :func:`numpy.median`). ``torch.median`` gives the lower middle value, and the
+    lower median of ``-v`` is minus the upper one."""
+    lo = torch.median(v)
+    return lo if v.numel() % 2 else 0.5 * (lo - torch.median(-v))
+
+
+def _pooled_kernel(x: torch.Tensor, y: torch.Tensor, bandwidth, scales) -> torch.Tensor:
+    """The multi-kernel matrix ``(N, N)`` of one layer over the pooled batch ``[x; y]``."""
+    z = torch.cat([x, y])
+    z = z - z.detach().mean(0, keepdim=True)  # translation invariant; better conditioned
+    d = _pooled_sq_dists(z)
+    sigma2 = _sigma2(bandwidth, scales, x, y, pooled=(z, d))
+    return _kernel_from_sq(d, sigma2)
+
+
+@functools.lru_cache(maxsize=64)
+def _block_indicators(n: int, m: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """``(n + m, 2)`` columns marking the source rows and the target rows; made once per shape."""
+    ind = torch.zeros(n + m, 2, dtype=dtype)
+    ind[:n, 0] = ind[n:, 1] = 1
+    return ind.to(device)
+
+
+def _pooled_estimate(k: torch.Tensor, n: int, m: int, estimator: str) -> torch.Tensor:
+    """The quadratic MMD^2 estimate from a pooled kernel matrix ``k`` (N, N) with a unit
+    diagonal: the block sums come from two small GEMMs, ``I^T k I`` with the block
+    indicators ``I``, and the unbiased estimate leaves out the diagonals by subtracting
+    ``n`` and ``m``. Division by the counts, as in :func:`_quadratic`, so that a kernel
+    matrix of ones gives exactly 0."""
+    ind = _block_indicators(n, m, k.device, k.dtype)
+    sums = ind.t() @ (k @ ind)  # [[S_xx, S_xy], [S_yx, S_yy]]
+    sxx, sxy, syy = sums[0, 0], sums[0, 1], sums[1, 1]
+    if estimator == "biased":
+        return sxx / (n * n) + syy / (m * m) - 2.0 * sxy / (n * m)
+    return (sxx - n) / (n * (n - 1)) + (syy - m) / (m * (m - 1)) - 2.0 * sxy / (n * m)
+
+
+@functools.lru_cache(maxsize=64)
+def _pooled_grad_weights(n: int, m: int, estimator: str, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """``d MMD^2 / d k`` (N, N) for :func:`_pooled_estimate`, which reads the within-domain
+    blocks and the upper cross block only; made once per shape, never modified."""
+    w = torch.zeros(n + m, n + m, dtype=torch.float64)
+    if estimator == "biased":
+        w[:n, :n], w[n:, n:] = 1.0 / (n * n), 1.0 / (m * m)
+    else:
+        w[:n, :n], w[n:, n:] = 1.0 / (n * (n - 1)), 1.0 / (m * (m - 1))
+    w[:n, n:] = -2.0 / (n * m)
+    return w.to(device=device, dtype=dtype)
+
+
+class _PooledMMD(torch.autograd.Function):
+    """Quadratic MMD^2 of a small pooled batch with a hand-written backward.
+
+    Forward as :func:`_pooled_kernel` + :func:`_pooled_estimate`, without autograd
+    recording. With ``d_ij = |z_i|^2 + |z_j|^2 - 2 z_i.z_j`` and
+    ``G = dMMD^2/dd`` (the estimator's weights times the kernel derivative, 0 where
+    ``d`` was clamped or on the diagonal), the gradient is
+    ``dMMD^2/dz = 2 (rowsum(G + G^T) * z - (G + G^T) z)``: one GEMM, against two for
+    autograd through ``addmm`` plus a dozen small ops. The bandwidth is a constant. A
+    double backward (``create_graph=True``) recomputes the loss with differentiable ops.
+    """
+
+    @staticmethod
+    def forward(ctx, x, y, bandwidth, scales, estimator):
+        n, m = x.shape[0], y.shape[0]
+        z = torch.cat([x, y])
+        z = z - z.mean(0, keepdim=True)  # translation invariant; better conditioned
+        d = _pooled_sq_dists(z)
+        sigma2 = _sigma2(bandwidth, scales, x, y, pooled=(z, d))
+        need_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+        s, g = _gauss_mix(d, (-0.5 / sigma2).to(d.dtype), need_grad)
+        if need_grad:
+            g = g * (d > 0) * _pooled_grad_weights(n, m, estimator, d.device, d.dtype)
+            ctx.save_for_backward(x, y, z, g, sigma2)
+            ctx.estimator = estimator
+        return _pooled_estimate(s, n, m, estimator)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, y, z, g, sigma2 = ctx.saved_tensors
+        n = x.shape[0]
+        if torch.is_grad_enabled():  # create_graph=True: a differentiable recomputation
+            wanted = [t for t, need in zip((x, y), ctx.needs_input_grad) if need]
+            value = _pooled_estimate(_pooled_kernel(x, y, sigma2, None), n, y.shape[0], ctx.estimator)
+            grads = iter(torch.autograd.grad(value, wanted, grad, create_graph=True))
+            return (next(grads) if ctx.needs_input_grad[0] else None,
+                    next(grads) if ctx.needs_input_grad[1] else None, None, None, None)
+        gs = g + g.t()
+        gz = (z * gs.sum(1, keepdim=True) - gs @ z) * (2.0 * grad)
+        return gz[:n], gz[n:], None, None, None
+
+
+def _sigma2(bandwidth, scales, x, y, blocks=None, pooled=None) -> torch.Tensor:
     """The kernels' sigma^2 values, shape (K,), detached, dtype of x."""
     if _is_rule(bandwidth):
-        base = _data_base(bandwidth, x, y, blocks).reshape(1)
+        base = _data_base(bandwidth, x, y, blocks, pooled).reshape(1)
         s = _scales(scales, True, x.device, x.dtype)
     else:
         base = _fixed_base(bandwidth, x.device, x.dtype)
         s = _scales(scales, False, x.device, x.dtype)
     return (base.unsqueeze(1) * s.unsqueeze(0)).reshape(-1)
+
+
+#: Kernel stacks (elements x kernels) up to this size are formed in one broadcast.
+_BROADCAST_MAX = 1 << 17
+
+
+def _gauss_mix(d: torch.Tensor, coef: torch.Tensor, need_grad: bool):
+    """``S = mean_k exp(c_k d)`` and, if ``need_grad``, ``G = dS/dd = mean_k c_k exp(c_k d)``
+    (G is None otherwise), for squared distances ``d`` and kernel coefficients ``coef`` (K,)."""
+    if d.numel() * coef.numel() <= _BROADCAST_MAX:
+        return _gauss_mix_broadcast(d, coef, need_grad)
+    return _gauss_mix_chunked(d, coef, need_grad)
+
+
+def _gauss_mix_broadcast(d: torch.Tensor, coef: torch.Tensor, need_grad: bool):
+    """S and G of :class:`_GaussMix` from one ``(numel, K)`` exp and one small GEMM: few ops,
+    for small matrices (at the batch sizes people train with the op count dominates)."""
+    w = 1.0 / coef.numel()
+    e = torch.exp(coef.unsqueeze(1) * d.reshape(1, -1))  # (K, numel)
+    if not need_grad:
+        return e.sum(0).mul_(w).view_as(d), None
+    sg = torch.stack([torch.full_like(coef, w), coef * w]) @ e  # (2, numel)
+    return sg[0].view_as(d), sg[1].view_as(d)
+
+
+def _gauss_mix_chunked(d: torch.Tensor, coef: torch.Tensor, need_grad: bool):
+    """S and G of :class:`_GaussMix` one kernel at a time over cache-sized chunks (on CPU;
+    one launch per kernel and pass on GPUs): memory bound, so each chunk stays in cache."""
+    w = 1.0 / coef.numel()
+    ks = [coef[k] for k in range(coef.numel())]
+    wks = [c * w for c in ks]
+    s = torch.zeros_like(d)
+    g = torch.zeros_like(d) if need_grad else None
+    flat_d, flat_s = d.reshape(-1), s.reshape(-1)
+    flat_g = g.reshape(-1) if need_grad else None
+    chunk = (1 << 18) if d.device.type == "cpu" else max(flat_d.numel(), 1)
+    buf = torch.empty(min(chunk, flat_d.numel()), dtype=d.dtype, device=d.device)
+    for start in range(0, flat_d.numel(), chunk):
+        dd = flat_d[start : start + chunk]
+        ss = flat_s[start : start + chunk]
+        gg = flat_g[start : start + chunk] if need_grad else None
+        e = buf[: dd.numel()]
+        for c, wc in zip(ks, wks):
+            torch.mul(dd, c, out=e)
+            e.exp_()
+            ss.add_(e, alpha=w)
+            if need_grad:
+                gg.addcmul_(e, wc)
+    return s, g
 
 
 class _GaussMix(torch.autograd.Function):
@@ -297,29 +487,8 @@ class _GaussMix(torch.autograd.Function):
     @staticmethod
     def forward(ctx, d, coef):
         # coef stays a device tensor (its entries are used as 0-dim tensors): no host sync
-        w = 1.0 / coef.numel()
-        ks = [coef[k] for k in range(coef.numel())]
-        wks = [c * w for c in ks]
         need_grad = ctx.needs_input_grad[0]
-        s = torch.zeros_like(d)
-        g = torch.zeros_like(d) if need_grad else None
-        flat_d, flat_s = d.reshape(-1), s.reshape(-1)
-        flat_g = g.reshape(-1) if need_grad else None
-        # On CPU, chunks that stay in cache (the passes are memory bound); on GPUs one
-        # launch per kernel and pass.
-        chunk = (1 << 18) if d.device.type == "cpu" else max(flat_d.numel(), 1)
-        buf = torch.empty(min(chunk, flat_d.numel()), dtype=d.dtype, device=d.device)
-        for start in range(0, flat_d.numel(), chunk):
-            dd = flat_d[start : start + chunk]
-            ss = flat_s[start : start + chunk]
-            gg = flat_g[start : start + chunk] if need_grad else None
-            e = buf[: dd.numel()]
-            for c, wc in zip(ks, wks):
-                torch.mul(dd, c, out=e)
-                e.exp_()
-                ss.add_(e, alpha=w)
-                if need_grad:
-                    gg.addcmul_(e, wc)
+        s, g = _gauss_mix(d, coef, need_grad)
         if need_grad:
             ctx.save_for_backward(d, coef, g)
         return s
@@ -555,6 +724,8 @@ def mmd(
         if estimator == "linear":
             k = _linear_kernels(x, y, bandwidth, scales)
             return (k[0] + k[1] - k[2] - k[3]).mean()
+        if _is_small(n + m):
+            return _PooledMMD.apply(x, y, bandwidth, scales, estimator)
         return _quadratic(*_layer_blocks(x, y, bandwidth, scales), estimator)
 
 
@@ -634,6 +805,12 @@ def jmmd(
                 kl = _linear_kernels(x, y, bw, sc)
                 k = kl if k is None else k * kl
             return (k[0] + k[1] - k[2] - k[3]).mean()
+        if _is_small(n + m):
+            k = None
+            for x, y, bw, sc in zip(xs, ys, bws, scs):
+                kl = _pooled_kernel(x, y, bw, sc)
+                k = kl if k is None else k * kl
+            return _pooled_estimate(k, n, m, estimator)
         kxx = kyy = kxy = None
         for x, y, bw, sc in zip(xs, ys, bws, scs):
             lxx, lyy, lxy = _layer_blocks(x, y, bw, sc)
