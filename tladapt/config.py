@@ -128,7 +128,9 @@ class TrainerSection(Checked):
     eval_every: int = option(500, "steps between evaluations (and one at the end)", gt=0)
     log_every: int = option(50, "steps between TensorBoard scalar writes (means since the last)", gt=0)
     device: Literal["auto", "cpu", "cuda"] = option("auto", "auto: cuda when available, else cpu")
-    threads: int = option(0, "CPU intra-op threads (torch.set_num_threads); 0 keeps torch's default", ge=0)
+    threads: int = option(
+        0, "CPU intra-op threads for the run (restored afterwards); 0 chooses by the step's size and the "
+           "machine's cores (tladapt.threads: one thread for the bundled small models)", ge=0)
     progress: bool = option(True, "progress bar on a terminal")
     checkpoint: bool = option(True, "write checkpoint.pt at the end")
     keep_best: str = option(

@@ -30,6 +30,7 @@ from tladapt.models import build_backbone
 from tladapt.plugin import Term
 from tladapt.runs import RunLogger, save_checkpoint, write_json
 from tladapt.validators import RunValidators, available_validators, better, choose_validators
+from tladapt.threads import choose_threads, run_threads, step_flops
 
 
 @dataclass(frozen=True)
@@ -115,8 +116,6 @@ class Trainer:
         self.config, self.pm, self.seed, self.run_dir = config, pm, seed, Path(run_dir)
         cfg = config.trainer
         self.device = resolve_device(cfg.device)
-        if cfg.threads and self.device.type == "cpu":
-            torch.set_num_threads(cfg.threads)  # process-wide; small models run faster on one thread
         source, target = attach(source, config.augment), attach(target, config.augment)
         torch.manual_seed(seed)
         np.random.seed(seed)
@@ -171,6 +170,13 @@ class Trainer:
         else:
             decay = lambda step: 1.0  # noqa: E731
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, decay)
+        self.threads = choose_threads(cfg.threads, self.device, self._step_flops)
+
+    def _step_flops(self) -> float:
+        """The thread rule's estimate of one step's work (:func:`tladapt.threads.step_flops`)."""
+        samples = 2 * self.config.trainer.batch_size + self.pipeline.labelled_batch_size
+        others = [m for name, m in self.modules.items() if name not in ("backbone", "head")]
+        return step_flops(self.backbone, self.head, others, self.source.input_shape, samples, self.device)
 
     def _make_pipeline(self) -> PairedPipeline:
         cfg = self.config.trainer
@@ -357,17 +363,21 @@ class Trainer:
             save_checkpoint(self.run_dir / "best.pt", self.state_dict())
 
     def fit(self) -> dict:
-        """Run the whole training; return the results written to ``results.json``."""
+        """Run the whole training; return the results written to ``results.json``.
+
+        Runs with the run's intra-op thread count (``self.threads``), restored afterwards.
+        """
         cfg = self.config.trainer
-        self.start()
-        bar = tqdm(range(cfg.steps), disable=None if cfg.progress else True, leave=False,
-                   desc=f"{self.source.name}->{self.target.name} seed {self.seed}")
-        for _ in bar:
-            self.advance()
-            if self.history and self.history[-1]["step"] == self.steps_done and "oracle/target_acc" in self.history[-1]:
-                bar.set_postfix(target_acc=f"{self.history[-1]['oracle/target_acc']:.1f}")
-        bar.close()
-        return self.finish()
+        with run_threads(self.threads.threads):
+            self.start()
+            bar = tqdm(range(cfg.steps), disable=None if cfg.progress else True, leave=False,
+                       desc=f"{self.source.name}->{self.target.name} seed {self.seed}")
+            for _ in bar:
+                self.advance()
+                if self.history and self.history[-1]["step"] == self.steps_done and "oracle/target_acc" in self.history[-1]:
+                    bar.set_postfix(target_acc=f"{self.history[-1]['oracle/target_acc']:.1f}")
+            bar.close()
+            return self.finish()
 
     def finish(self) -> dict:
         """``tladapt_fit_end``, then ``results.json``, the checkpoint and the hparams entry."""
@@ -384,6 +394,7 @@ class Trainer:
             "validators": self.validators.directions,
             "run_dir": str(self.run_dir),
             "classes": {name: None if c is None else list(c) for name, c in self.classes.items()},
+            "threads": self.threads.to_dict(),
         }
         if self.init_report:
             results["init_from"] = self.init_report

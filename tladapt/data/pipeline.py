@@ -207,6 +207,11 @@ class PairedPipeline:
         dom = getattr(self, role)
         return idx, rows, dom.view(rows, self.generators[f"{role}_augment"])
 
+    @property
+    def labelled_batch_size(self) -> int:
+        """Labelled target samples per batch (0 without a labelled subset)."""
+        return self._samplers["labelled"].stream.batch_size if "labelled" in self._samplers else 0
+
     def next(self) -> Batch:
         """Gather the next :class:`Batch` (device tensors only)."""
         idx_s, rows_s, x_s = self._draw("source")
