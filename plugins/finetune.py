@@ -50,6 +50,9 @@ class Finetune:
     regimes, set ``trainer.source_weight = 0`` with ``data.target_labels_per_class > 0``.
     """
 
+    #: Acts on the model only, so it may run in a source-free run (``data.source_free``).
+    source_free = True
+
     @dataclass
     class Options:
         """``[plugins.finetune]`` options."""

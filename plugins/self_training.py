@@ -308,6 +308,9 @@ class SelfTraining:
             target domain's size after setup.
     """
 
+    #: Uses target outputs only, so it may run in a source-free run (``data.source_free``).
+    source_free = True
+
     @dataclass
     class Options:
         """``[plugins.self_training]`` options."""

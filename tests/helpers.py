@@ -23,7 +23,7 @@ def make_trainer(config, plugins=(), task=("webcam", "dslr"), seed=0):
                     key=lambda a: a[0].name)
     src, tgt = load_task(config.data, "->".join(task))  # the config's class subsets applied
     run_dir = new_run_dir(config.experiment.runs_dir, "t", "t", "m", seed)
-    return Trainer(config, src, tgt, make_plugin_manager(active), run_dir, seed)
+    return Trainer(config, src, tgt, make_plugin_manager(active), run_dir, seed, source_name=task[0])
 
 
 def step_terms(trainer):

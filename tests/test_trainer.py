@@ -317,7 +317,7 @@ def test_init_from_loads_backbone_and_head(fast_config):
     saved = torch.load(Path(first["run_dir"]) / "checkpoint.pt", weights_only=False)["modules"]
     assert torch.equal(t.backbone[0].weight, saved["backbone.0.weight"])
     assert torch.equal(t.head.bias, saved["head.bias"])
-    with pytest.raises(ConfigError, match="model.init_from='/nonexistent': no checkpoint.pt"):
+    with pytest.raises(ConfigError, match="model.init_from='/nonexistent': no checkpoint for task 'webcam->dslr', seed 0"):
         make_trainer(fast_config("model.init_from='/nonexistent'"))
     with pytest.raises(ConfigError, match="does not fit this model"):
         make_trainer(fast_config(f"model.init_from='{first['run_dir']}'", "model.hidden=[8]"))

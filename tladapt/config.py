@@ -60,6 +60,9 @@ class DataSection(Checked):
     source_labels: bool = option(
         True, "false: the source is unlabelled (its labels are dropped at load: self-taught or "
               "unsupervised pre-training; a plugin supplies the loss)")
+    source_free: bool = option(
+        False, "target-only (source-free) adaptation, e.g. SHOT: no source sample reaches the run; the model "
+               "starts from model.init_from, plugins must declare source_free, source_val_fraction is unused")
     image_size: int = option(256, "image datasets: side S of the decode-once uint8 cache", gt=0)
     image_resize: Literal["center_crop", "stretch"] = option(
         "center_crop", "image datasets: center_crop (shorter side to S, centre S x S) or stretch (to S x S, "
@@ -103,7 +106,8 @@ class ModelSection(Checked):
     backbone: str = option("auto", "auto | mlp | lenet | module:function (auto: mlp for vectors, lenet for images)")
     hidden: list[int] = option([256], "mlp hidden sizes; the last is the feature dimension", gt=0)
     dropout: float = option(0.5, "dropout probability in the backbone", ge=0, lt=1)
-    init_from: str = option("", "a run directory (or checkpoint.pt) whose backbone and head start this run")
+    init_from: str = option("", "a run directory (or checkpoint.pt, or a folder of seed<k>-* runs) whose backbone "
+                                "and head start this run; may hold {source}, {target}, {task}, {seed}")
 
 
 @dataclass
@@ -274,8 +278,12 @@ def build_config(data: dict[str, Any]) -> Config:
     if not config.experiment.seeds:
         raise ConfigError("experiment.seeds is empty: expected at least one seed")
     _check_augment(config.augment)
+    if config.data.source_free and not config.model.init_from:
+        raise ConfigError("data.source_free = true needs model.init_from = a source run directory (or its "
+                          "checkpoint.pt): a source-free run adapts a model trained on the source")
     t = config.trainer
-    if t.source_weight == 0 and config.data.target_labels_per_class == 0 and config.data.source_labels:
+    if (t.source_weight == 0 and config.data.target_labels_per_class == 0 and config.data.source_labels
+            and not config.data.source_free):
         raise ConfigError("trainer.source_weight = 0 with data.target_labels_per_class = 0 leaves no supervised "
                           "loss: label some target samples per class")
     return config

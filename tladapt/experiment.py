@@ -11,7 +11,7 @@ from tladapt.data.datasets import DATASETS, DIGITS_FORMAT
 from tladapt.data.images import is_image_dataset, prepare_images
 from tladapt.data.tasks import check_class_options, load_task
 from tladapt.manager import PluginInfo, available_plugins, make_plugin_manager, resolve_active
-from tladapt.runs import new_run_dir, write_json
+from tladapt.runs import find_checkpoint, new_run_dir, write_json
 from tladapt.trainer import Trainer, keep_best_direction, resolve_device
 from tladapt.validators import available_validators, choose_validators
 
@@ -29,6 +29,8 @@ def prepare(config: Config, cli_plugins: Iterable[str] = ()) -> tuple[Config, li
             task of other classes without labelled target samples), an unavailable device,
             unknown validators (``validation.validators``) or a ``trainer.keep_best`` tag
             that no validator or accuracy provides,
+            plugins that need source data in a source-free run, a missing
+            ``model.init_from`` checkpoint for some task and seed,
             or an image dataset that cannot be read (its caches are built here, see
             :func:`tladapt.data.images.prepare_images`).
     """
@@ -52,15 +54,41 @@ def prepare(config: Config, cli_plugins: Iterable[str] = ()) -> tuple[Config, li
             except ValueError as err:
                 raise ConfigError(str(err)) from None
     check_class_options(config.data)
+    if config.data.source_free:
+        check_source_free(config, active)
+    if config.model.init_from:  # every task and seed has its checkpoint before any run starts
+        for task in config.data.tasks:
+            for seed in config.experiment.seeds:
+                find_checkpoint(config.model.init_from, task, seed)
     pm = make_plugin_manager(active)
     directions = {v.name: v.direction for v in choose_validators(
         available_validators(pm), config.validation.validators,
-        config.data.source_val_fraction > 0 and config.data.source_labels)}
+        config.data.source_val_fraction > 0 and config.data.source_labels and not config.data.source_free)}
     keep_best_direction(config.trainer.keep_best, directions)
     method = config.experiment.method or "+".join(info.name for info, _ in active) or "source_only"
     config = dataclasses.replace(config, experiment=dataclasses.replace(config.experiment, method=method),
                                  plugins={info.name: info.resolve(table) for info, table in active})
     return config, active
+
+
+def check_source_free(config: Config, active: list[tuple[PluginInfo, dict]]) -> None:
+    """Refuse, before any run, a source-free run that cannot work.
+
+    A plugin works without source data when its instance (built from its options) has a
+    true ``source_free`` attribute, usually a class attribute ``source_free = True``.
+
+    Raises:
+        ConfigError: naming every active plugin that does not declare it; or when no
+            plugin is active and no target sample is labelled (nothing to train on).
+    """
+    needs_source = [info.name for info, table in active if not getattr(info.make(table), "source_free", False)]
+    if needs_source:
+        raise ConfigError(
+            f"data.source_free = true, but plugin(s) {', '.join(needs_source)} need source data (they do not declare "
+            f"source_free = True): remove their [plugins.*] tables or set data.source_free = false")
+    if not active and config.data.target_labels_per_class == 0:
+        raise ConfigError("data.source_free = true with no plugin and no labelled target sample leaves nothing to "
+                          "train on: add a source-free plugin (e.g. [plugins.shot]) or data.target_labels_per_class")
 
 
 def run_experiment(config: Config, cli_plugins: Iterable[str] = ()) -> list[dict]:
@@ -80,6 +108,7 @@ def run_experiment(config: Config, cli_plugins: Iterable[str] = ()) -> list[dict
             run_dir = new_run_dir(config.experiment.runs_dir, config.experiment.name, task,
                                   config.experiment.method, seed)
             write_json(run_dir / "config.json", config.to_dict())
-            trainer = Trainer(config, source, target, make_plugin_manager(active), run_dir, seed)
+            trainer = Trainer(config, source, target, make_plugin_manager(active), run_dir, seed,
+                              source_name=parse_task(task)[0])
             results.append(trainer.fit())
     return results

@@ -45,6 +45,52 @@ def new_run_dir(root: str | Path, experiment: str, task: str, method: str, seed:
     raise RuntimeError(f"could not create a new run directory under {parent}")
 
 
+def find_checkpoint(spec: str, task: str, seed: int) -> Path:
+    """The checkpoint a run starts from (``model.init_from``), for one task and seed.
+
+    ``spec`` may hold the fields ``{source}``, ``{target}``, ``{task}`` (as in run
+    directory names, e.g. ``amazon_to_webcam``) and ``{seed}``, so that one config
+    starts every task and seed from its own source run, e.g.
+    ``"runs/src/office_caltech10_surf/{task}/source_only"``. After filling them in it
+    names, in this order of preference:
+
+    * a checkpoint file;
+    * a run directory holding ``checkpoint.pt``;
+    * a method directory holding run directories ``seed<seed>-<timestamp>``: the latest
+      of this seed's that holds a ``checkpoint.pt``.
+
+    Args:
+        spec: the ``model.init_from`` string.
+        task: ``"source->target"``.
+        seed: the run's seed.
+
+    Returns:
+        The checkpoint file's path.
+
+    Raises:
+        ConfigError: for an unknown ``{field}`` or when no checkpoint is found, naming
+            what was looked for.
+    """
+    from tladapt.errors import ConfigError
+
+    source, _, target = task.partition("->")
+    try:
+        path = Path(spec.format(source=source.strip(), target=target.strip(), task=_slug(task), seed=seed))
+    except (KeyError, IndexError, ValueError) as err:
+        raise ConfigError(f"model.init_from={spec!r}: unknown field {err} (fields: {{source}}, {{target}}, "
+                          f"{{task}}, {{seed}})") from None
+    if path.is_file():
+        return path
+    if (path / "checkpoint.pt").is_file():
+        return path / "checkpoint.pt"
+    runs = sorted(path.glob(f"seed{seed}-*/checkpoint.pt")) if path.is_dir() else []
+    if runs:
+        return runs[-1]
+    raise ConfigError(f"model.init_from={spec!r}: no checkpoint for task {task!r}, seed {seed}: {path} is not a "
+                      f"checkpoint file, a run directory with checkpoint.pt, or a folder of seed{seed}-* runs "
+                      f"(train the source model with trainer.checkpoint = true)")
+
+
 def atomic_write_bytes(path: str | Path, write) -> None:
     """Write a file atomically: ``write(fileobj)`` into a temporary sibling, then rename.
 

@@ -28,7 +28,7 @@ from tladapt.errors import PluginError, TrainingDiverged
 from tladapt.manager import call_each
 from tladapt.models import build_backbone
 from tladapt.plugin import Term
-from tladapt.runs import RunLogger, save_checkpoint, write_json
+from tladapt.runs import RunLogger, find_checkpoint, save_checkpoint, write_json
 from tladapt.validators import RunValidators, available_validators, better, choose_validators
 from tladapt.threads import choose_threads, run_threads, step_flops
 
@@ -38,17 +38,19 @@ class Outputs:
     """The trainer's forward pass for one step, shared by all plugins.
 
     Attributes:
-        features_s: backbone features of the source batch, ``(b, feature_dim)`` float32.
+        features_s: backbone features of the source batch, ``(b, feature_dim)`` float32;
+            None in a source-free run (``data.source_free``).
         features_t: backbone features of the target batch, ``(b, feature_dim)``.
-        logits_s: classifier logits of the source batch, ``(b, num_classes)``.
+        logits_s: classifier logits of the source batch, ``(b, num_classes)``; None in a
+            source-free run.
         logits_t: classifier logits of the target batch, ``(b, num_classes)``.
         features_l, logits_l: the same for the labelled target batch
             (``data.target_labels_per_class > 0``), else None.
     """
 
-    features_s: torch.Tensor
+    features_s: torch.Tensor | None
     features_t: torch.Tensor
-    logits_s: torch.Tensor
+    logits_s: torch.Tensor | None
     logits_t: torch.Tensor
     features_l: torch.Tensor | None = None
     logits_l: torch.Tensor | None = None
@@ -101,8 +103,15 @@ class Trainer:
             than a domain without replacement, or ``trainer.lr_mult`` naming an
             unknown module.
 
-    Plugins use: ``device``, ``config``, ``seed``, ``source`` (training split),
-    ``source_val``, ``target`` (unlabelled), ``target_labelled`` (the k-shot
+    Source-free (target-only) runs (``data.source_free = true``, e.g. SHOT): pass
+    ``source=None`` and the source's name as ``source_name``; no source sample exists in
+    the run (``source``, ``source_val``, the batch's source tensors and the outputs'
+    source features and logits are None), there is no ``source`` loss term, and the model
+    starts from ``model.init_from``.
+
+    Plugins use: ``device``, ``config``, ``seed``, ``source`` (training split; None in a
+    source-free run), ``source_name``, ``source_val``, ``target`` (unlabelled),
+    ``target_labelled`` (the k-shot
     labelled target subset or None), ``backbone``, ``head`` (the target's head, also
     the source's when their classes agree), ``source_head`` (``head``, or the source's
     own head for a target task with other classes), ``classes`` (head name -> class
@@ -111,17 +120,21 @@ class Trainer:
     ``add_module`` and ``log``.
     """
 
-    def __init__(self, config: Config, source: Domain, target: Domain, pm: pluggy.PluginManager,
-                 run_dir: str | Path, seed: int):
+    def __init__(self, config: Config, source: Domain | None, target: Domain, pm: pluggy.PluginManager,
+                 run_dir: str | Path, seed: int, source_name: str = ""):
         self.config, self.pm, self.seed, self.run_dir = config, pm, seed, Path(run_dir)
         cfg = config.trainer
         self.device = resolve_device(cfg.device)
-        source, target = attach(source, config.augment), attach(target, config.augment)
+        if (source is None) != config.data.source_free:
+            raise ValueError("a source domain must be given unless data.source_free = true, and none when it is")
+        self.source_name = source_name if source is None else source.name
+        source = None if source is None else attach(source, config.augment)
+        target = attach(target, config.augment)
         torch.manual_seed(seed)
         np.random.seed(seed)
         random.seed(seed)
 
-        host = resolve_placement(config.data.placement, (source, target), self.device)
+        host = resolve_placement(config.data.placement, tuple(d for d in (source, target) if d), self.device)
         splits = split_task(config.data, source, target, seed, self.device, host)
         self.source, self.source_val, self.target_labelled = splits.source, splits.source_val, splits.target_labelled
         self._target_labels = splits.target_rest.y
@@ -133,15 +146,17 @@ class Trainer:
             raise ConfigError(str(err)) from None
 
         m = config.model
-        self.backbone = build_backbone(m.backbone, self.source.input_shape, m.hidden, m.dropout)
+        self.backbone = build_backbone(m.backbone, self.target.input_shape, m.hidden, m.dropout)
         self.feature_dim = self.backbone.out_features
         self.head = nn.Linear(self.feature_dim, self.num_classes)
         self.modules = nn.ModuleDict({"backbone": self.backbone, "head": self.head})
         # Which classes each head predicts; None: nothing trains it (an unlabelled source, no target labels).
-        trained = self.target_labelled is not None or (splits.shared_head and self.source.y is not None)
+        # (In a source-free run the source model's head predicts the target's classes.)
+        trained = self.target_labelled is not None or (
+            splits.shared_head and (self.source is None or self.source.y is not None))
         self.classes: dict[str, tuple[str, ...] | None] = {"head": self.target.classes if trained else None}
         self.source_head = self.head
-        if self.source.y is not None and not splits.shared_head:  # a different target task: a head per label set
+        if self.source is not None and self.source.y is not None and not splits.shared_head:  # a different target task: a head per label set
             self.source_head = self.modules["source_head"] = nn.Linear(self.feature_dim, len(self.source.classes))
             self.classes["source_head"] = self.source.classes
         self.modules.to(self.device)
@@ -174,9 +189,10 @@ class Trainer:
 
     def _step_flops(self) -> float:
         """The thread rule's estimate of one step's work (:func:`tladapt.threads.step_flops`)."""
-        samples = 2 * self.config.trainer.batch_size + self.pipeline.labelled_batch_size
+        domains = 1 if self.source is None else 2  # a source-free run draws target batches only
+        samples = domains * self.config.trainer.batch_size + self.pipeline.labelled_batch_size
         others = [m for name, m in self.modules.items() if name not in ("backbone", "head")]
-        return step_flops(self.backbone, self.head, others, self.source.input_shape, samples, self.device)
+        return step_flops(self.backbone, self.head, others, self.target.input_shape, samples, self.device)
 
     def _make_pipeline(self) -> PairedPipeline:
         cfg = self.config.trainer
@@ -219,9 +235,7 @@ class Trainer:
         Raises:
             ConfigError: no checkpoint at ``path``, or a backbone that does not fit.
         """
-        file = Path(path) / "checkpoint.pt" if Path(path).is_dir() else Path(path)
-        if not file.is_file():
-            raise ConfigError(f"model.init_from={path!r}: no checkpoint.pt there (expected a run directory or file)")
+        file = find_checkpoint(path, f"{self.source_name}->{self.target.name}", self.seed)
         ckpt = torch.load(file, map_location=self.device, weights_only=False)
         state, saved = ckpt["modules"], ckpt.get("classes", {"head": self.classes["head"]})
         load = {k: v for k, v in state.items() if k.split(".", 1)[0] == "backbone"}
@@ -260,18 +274,18 @@ class Trainer:
 
     # ------------------------------------------------------------------ training
     def forward(self, batch: Batch) -> Outputs:
-        """One backbone + head pass over the concatenated source and target batch."""
-        b = batch.x_s.shape[0]
-        parts = [batch.x_s, batch.x_t] + ([] if batch.x_l is None else [batch.x_l])
-        features = self.backbone(torch.cat(parts))
+        """One backbone + head pass over the concatenated source, target (and labelled
+        target) batches; a source-free run has no source part."""
+        parts = (batch.x_s, batch.x_t, batch.x_l)
+        sizes = [0 if x is None else x.shape[0] for x in parts]
+        features = self.backbone(torch.cat([x for x in parts if x is not None]))
+        f_s, f_t, f_l = features.split(sizes)
         if self.source_head is self.head:
-            logits = self.head(features)
-            logits_s, logits_rest = logits[:b], logits[b:]
+            z_s, z_t, z_l = self.head(features).split(sizes)
         else:  # a different target task: the source batch goes through the source's own head
-            logits_s, logits_rest = self.source_head(features[:b]), self.head(features[b:])
-        if batch.x_l is None:
-            return Outputs(features[:b], features[b:], logits_s, logits_rest)
-        return Outputs(features[:b], features[b:2 * b], logits_s, logits_rest[:b], features[2 * b:], logits_rest[b:])
+            z_s, (z_t, z_l) = self.source_head(f_s), self.head(features[sizes[0]:]).split(sizes[1:])
+        keep = lambda x, part: None if x is None else part  # noqa: E731
+        return Outputs(keep(batch.x_s, f_s), f_t, keep(batch.x_s, z_s), z_t, keep(batch.x_l, f_l), keep(batch.x_l, z_l))
 
     def losses(self, batch: Batch, out: Outputs) -> dict[str, Term]:
         """The source loss and every plugin's terms for one step, by name.
@@ -304,9 +318,11 @@ class Trainer:
                     raise PluginError(f"plugin {plugin!r}: loss term {name!r} must be a tladapt.Term, got {type(term).__name__}")
                 terms[name], owner[name] = term, plugin
         if not terms:
-            raise ConfigError("nothing to train: data.source_labels = false and data.target_labels_per_class = 0 "
-                              "leave no supervised loss, and no active plugin returned a loss term (enable a "
-                              "self-supervised plugin such as [plugins.autoencoder] or [plugins.simclr])")
+            why = "data.source_free = true" if self.source is None else "data.source_labels = false"
+            raise ConfigError(f"nothing to train: {why} and data.target_labels_per_class = 0 leave no supervised "
+                              "loss, and no active plugin returned a loss term (enable a plugin that trains "
+                              "without labels, e.g. [plugins.shot] source-free, [plugins.autoencoder] or "
+                              "[plugins.simclr] for an unlabelled source)")
         return terms
 
     def train_step(self, batch: Batch) -> torch.Tensor:
@@ -371,7 +387,7 @@ class Trainer:
         with run_threads(self.threads.threads):
             self.start()
             bar = tqdm(range(cfg.steps), disable=None if cfg.progress else True, leave=False,
-                       desc=f"{self.source.name}->{self.target.name} seed {self.seed}")
+                       desc=f"{self.source_name}->{self.target.name} seed {self.seed}")
             for _ in bar:
                 self.advance()
                 if self.history and self.history[-1]["step"] == self.steps_done and "oracle/target_acc" in self.history[-1]:
@@ -383,7 +399,7 @@ class Trainer:
         """``tladapt_fit_end``, then ``results.json``, the checkpoint and the hparams entry."""
         cfg = self.config.trainer
         results = {
-            "task": f"{self.source.name}->{self.target.name}",
+            "task": f"{self.source_name}->{self.target.name}",
             "method": self.config.experiment.method,
             "config_id": self.config.fingerprint(),
             "dataset": self.config.data.dataset,

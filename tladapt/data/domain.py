@@ -134,8 +134,12 @@ class Domain:
         return torch.cat([fn(self.transform(self._on_device(self.x[i:i + chunk]))) for i in range(0, len(self), chunk)])
 
 
-def check_task(source: Domain, target: Domain, labelled_target: bool = False, source_labels: bool = True) -> None:
+def check_task(source: Domain | None, target: Domain, labelled_target: bool = False,
+               source_labels: bool = True) -> None:
     """Check that ``source`` and ``target`` form a valid task.
+
+    ``source = None`` is a source-free (target-only) task: the target alone is checked,
+    its labels (for the oracle) against its own class list.
 
     Args:
         source, target: the task's domains.
@@ -152,6 +156,8 @@ def check_task(source: Domain, target: Domain, labelled_target: bool = False, so
             target samples: unsupervised DA needs the target's classes among the source's.
     """
     for role, dom in (("source", source), ("target", target)):
+        if dom is None:
+            continue
         if len(dom) == 0:
             raise ValueError(f"{role} domain {dom.name!r} is empty: expected at least one sample")
         if dom.y is not None:
@@ -160,6 +166,11 @@ def check_task(source: Domain, target: Domain, labelled_target: bool = False, so
                     f"{role} domain {dom.name!r}: labels must be int64 of shape ({len(dom)},), "
                     f"got {dom.y.dtype} of shape {tuple(dom.y.shape)}"
                 )
+    if source is None:
+        if target.y is not None and (int(target.y.min()) < 0 or int(target.y.max()) >= len(target.classes)):
+            raise ValueError(f"target domain {target.name!r}: labels {int(target.y.min())}..{int(target.y.max())} "
+                             f"fall outside its classes 0..{len(target.classes) - 1}")
+        return
     if source.input_shape != target.input_shape:
         raise ValueError(
             f"target domain {target.name!r} has input shape {target.input_shape}, "

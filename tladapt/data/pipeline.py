@@ -27,7 +27,8 @@ class Batch:
     """One training step's data. Target labels are deliberately absent.
 
     Attributes:
-        x_s: source inputs, ``(b, *input_shape)`` float32.
+        x_s: source inputs, ``(b, *input_shape)`` float32; None in a source-free run
+            (``data.source_free``), as are ``y_s``, ``idx_s`` and ``rows_s``.
         y_s: source labels, ``(b,)`` int64; None for an unlabelled source (``data.source_labels = false``).
         idx_s: ``(b,)`` int64 row indices into the trainer's ``source`` domain.
         x_t: target inputs, ``(b, *input_shape)`` float32.
@@ -42,9 +43,9 @@ class Batch:
             batch was built by hand.
     """
 
-    x_s: torch.Tensor
+    x_s: torch.Tensor | None
     y_s: torch.Tensor | None
-    idx_s: torch.Tensor
+    idx_s: torch.Tensor | None
     x_t: torch.Tensor
     idx_t: torch.Tensor
     x_l: torch.Tensor | None = None
@@ -161,8 +162,9 @@ class PairedPipeline:
 
     Args:
         source: source domain (labelled unless the run's source is unlabelled), already on the
-            training device.
-        target: target domain on the same device; its labels, if any, are never read.
+            training device; None for a target-only (source-free) pipeline, whose batches
+            have no source tensors.
+        target: target domain on the training device; its labels, if any, are never read.
         batch_size: samples per domain per step.
         seed: seeds the index streams (independent generators).
         replacement: sample with replacement (needed when a domain is smaller
@@ -181,9 +183,9 @@ class PairedPipeline:
             larger than a domain without replacement, naming the domain.
     """
 
-    def __init__(self, source: Domain, target: Domain, batch_size: int, seed: int, replacement: bool = False,
+    def __init__(self, source: Domain | None, target: Domain, batch_size: int, seed: int, replacement: bool = False,
                  labelled: Domain | None = None):
-        device = source.device
+        device = target.device
         self.generators: dict[str, torch.Generator] = {}
 
         def sampler(role, dom, offset, size, replace):
@@ -196,8 +198,9 @@ class PairedPipeline:
                 raise ValueError(f"{role} domain {dom.name!r}: {err}") from None
             return _DeviceSampler(dom.x, stream) if dom.host is None else HostSampler(dom.x, stream, device)
 
-        self._samplers = {"source": sampler("source", source, 0, batch_size, replacement),
-                          "target": sampler("target", target, 1, batch_size, replacement)}
+        self._samplers = {"target": sampler("target", target, 1, batch_size, replacement)}
+        if source is not None:
+            self._samplers["source"] = sampler("source", source, 0, batch_size, replacement)
         if labelled is not None:
             self._samplers["labelled"] = sampler("labelled", labelled, 2, min(batch_size, len(labelled)), False)
         self.source, self.target, self.labelled = source, target, labelled
@@ -214,13 +217,15 @@ class PairedPipeline:
 
     def next(self) -> Batch:
         """Gather the next :class:`Batch` (device tensors only)."""
-        idx_s, rows_s, x_s = self._draw("source")
+        idx_s = rows_s = x_s = y_s = x_l = y_l = None
+        if self.source is not None:
+            idx_s, rows_s, x_s = self._draw("source")
+            y_s = None if self.source.y is None else self.source.y[idx_s]
         idx_t, rows_t, x_t = self._draw("target")
-        x_l = y_l = None
         if self.labelled is not None:
             idx_l, _, x_l = self._draw("labelled")
             y_l = self.labelled.y[idx_l]
-        return Batch(x_s=x_s, y_s=None if self.source.y is None else self.source.y[idx_s], idx_s=idx_s, x_t=x_t, idx_t=idx_t, x_l=x_l, y_l=y_l,
+        return Batch(x_s=x_s, y_s=y_s, idx_s=idx_s, x_t=x_t, idx_t=idx_t, x_l=x_l, y_l=y_l,
                      rows_s=rows_s, rows_t=rows_t)
 
     def view(self, batch: Batch, role: str = "target", policy: str = "strong") -> torch.Tensor:

@@ -89,9 +89,10 @@ def select_classes(domain: Domain, selection: list[str | int], key: str = "data.
     return replace(sub, y=relabel[sub.y], classes=tuple(domain.classes[k] for k in keep))
 
 
-def load_task(data: DataSection, task: str) -> tuple[Domain, Domain]:
+def load_task(data: DataSection, task: str) -> tuple[Domain | None, Domain]:
     """The ``(source, target)`` domains of a ``"source->target"`` task, with the class subsets
-    of ``data.source_classes`` / ``data.target_classes`` applied (CPU tensors).
+    of ``data.source_classes`` / ``data.target_classes`` applied (CPU tensors). The source is
+    None, and never read, in a source-free run (``data.source_free``).
 
     Raises:
         ConfigError: as :func:`select_classes` and :func:`tladapt.config.parse_task`;
@@ -99,7 +100,8 @@ def load_task(data: DataSection, task: str) -> tuple[Domain, Domain]:
     """
     s, t = parse_task(task)
     images = ImageOptions.of(data)
-    source = select_classes(load_domain(data.dataset, s, images=images), data.source_classes, "data.source_classes")
+    source = None if data.source_free else select_classes(  # a source-free run never reads its source
+        load_domain(data.dataset, s, images=images), data.source_classes, "data.source_classes")
     target = select_classes(load_domain(data.dataset, t, images=images), data.target_classes, "data.target_classes")
     return source, target
 
@@ -188,7 +190,8 @@ class TaskSplits:
     """The splits one run (task and seed) trains and evaluates on.
 
     Attributes:
-        source: the source training split; unlabelled when ``data.source_labels = false``.
+        source: the source training split; unlabelled when ``data.source_labels = false``;
+            None in a source-free run (``data.source_free``).
         source_val: the held-out source split (labels as ``source``), or None.
         target_labelled: the k-shot labelled target subset, or None when k = 0.
         target_rest: the rest of the target, **with** its labels: the test set of
@@ -198,14 +201,14 @@ class TaskSplits:
             sized for ``target_rest.classes``.
     """
 
-    source: Domain
+    source: Domain | None
     source_val: Domain | None
     target_labelled: Domain | None
     target_rest: Domain
     shared_head: bool
 
 
-def split_task(data: DataSection, source: Domain, target: Domain, seed: int,
+def split_task(data: DataSection, source: Domain | None, target: Domain, seed: int,
                device: torch.device | str | None = None, host: bool = False) -> TaskSplits:
     """Check a task, align its label spaces and split it for one seed.
 
@@ -213,7 +216,9 @@ def split_task(data: DataSection, source: Domain, target: Domain, seed: int,
     reads them); :func:`tladapt.data.check_task`; the target's labels are re-expressed in
     the source's label space when its classes are among the source's; the source is split
     (:func:`split_source`) and ``data.target_labels_per_class`` target samples per class
-    are drawn (:func:`split_target`).
+    are drawn (:func:`split_target`). A source-free task (``source = None``,
+    ``data.source_free``) only checks and splits the target; its head is the source
+    model's, so ``shared_head`` is True.
 
     Args:
         data: the config's ``[data]`` section.
@@ -227,6 +232,11 @@ def split_task(data: DataSection, source: Domain, target: Domain, seed: int,
             whose classes are not the source's with no labelled target samples (UDA).
         ConfigError: as :func:`split_source`.
     """
+    if source is None:
+        target = target if device is None else target.to(device, host)
+        check_task(None, target)
+        target_labelled, rest = split_target(target, data.target_labels_per_class, seed)
+        return TaskSplits(None, None, target_labelled, rest, True)
     if device is not None:
         source, target = source.to(device, host), target.to(device, host)
     if not data.source_labels:

@@ -24,7 +24,8 @@ class EvalOutputs:
         source_val_features: backbone features on it, ``(n_v, d)`` float32, or None.
         source_val_labels: its labels, ``(n_v,)`` int64, or None.
         source_features: features of a subsample of the source training split,
-            ``(n_s, d)`` float32 (DEV's domain classifier is fitted on them).
+            ``(n_s, d)`` float32 (DEV's domain classifier is fitted on them); None in a
+            source-free run (``data.source_free``).
         target_logits: logits on a subsample of the (unlabelled) target, ``(n_t, C)``.
         target_features: features on the same subsample, ``(n_t, d)``.
         target_inputs: the model inputs of the same subsample, ``(n_t, *input_shape)``
@@ -38,7 +39,7 @@ class EvalOutputs:
     source_val_logits: torch.Tensor | None
     source_val_features: torch.Tensor | None
     source_val_labels: torch.Tensor | None
-    source_features: torch.Tensor
+    source_features: torch.Tensor | None
     target_logits: torch.Tensor
     target_features: torch.Tensor
     target_inputs: torch.Tensor
@@ -68,23 +69,26 @@ class Subsamples:
     drawing them does not touch the global RNG that training uses.
 
     Attributes:
-        source: indices into the source training split, ``(n_s,)`` int64.
+        source: indices into the source training split, ``(n_s,)`` int64; None in a
+            source-free run.
         source_val: indices into the held-out source split, or None without one.
         target: indices into the target domain, ``(n_t,)`` int64.
     """
 
-    source: torch.Tensor
+    source: torch.Tensor | None
     source_val: torch.Tensor | None
     target: torch.Tensor
 
     @classmethod
-    def draw(cls, source: Domain, source_val: Domain | None, target: Domain, size: int, seed: int) -> "Subsamples":
-        """At most ``size`` samples of each domain, drawn with ``torch.Generator().manual_seed(seed)``."""
+    def draw(cls, source: Domain | None, source_val: Domain | None, target: Domain, size: int,
+             seed: int) -> "Subsamples":
+        """At most ``size`` samples of each domain, drawn with ``torch.Generator().manual_seed(seed)``
+        (``source`` is None in a source-free run)."""
         gen = torch.Generator().manual_seed(seed)
-        device = source.x.device
+        device = target.x.device
+        own = None if source is None else subsample_index(len(source), size, gen).to(device)
         val = None if source_val is None else subsample_index(len(source_val), size, gen).to(device)
-        return cls(subsample_index(len(source), size, gen).to(device), val,
-                   subsample_index(len(target), size, gen).to(target.x.device))
+        return cls(own, val, subsample_index(len(target), size, gen).to(device))
 
 
 @torch.no_grad()
@@ -106,7 +110,7 @@ def collect_outputs(backbone: torch.nn.Module, head: torch.nn.Module, source_hea
         features = domain.subset(index).map(backbone)
         return features, classifier(features)
 
-    source_features = source.subset(subsamples.source).map(backbone)
+    source_features = None if source is None else source.subset(subsamples.source).map(backbone)
     target_features, target_logits = run(target, subsamples.target, head)
     if source_val is None or source_val.y is None:
         val_features = val_logits = val_labels = None
