@@ -103,11 +103,23 @@ class ModelSection(Checked):
     """``[model]``: the backbone (feature extractor); the head is one linear layer."""
 
     where: ClassVar[str] = "model"
-    backbone: str = option("auto", "auto | mlp | lenet | module:function (auto: mlp for vectors, lenet for images)")
+    backbone: str = option("auto", "auto | mlp | lenet | torchvision:<model> | module:function (auto: mlp for "
+                                   "vectors, lenet for images)")
     hidden: list[int] = option([256], "mlp hidden sizes; the last is the feature dimension", gt=0)
     dropout: float = option(0.5, "dropout probability in the backbone", ge=0, lt=1)
     init_from: str = option("", "a run directory (or checkpoint.pt, or a folder of seed<k>-* runs) whose backbone "
                                 "and head start this run; may hold {source}, {target}, {task}, {seed}")
+    weights: str = option("", "torchvision backbones: a state-dict file, or a torchvision weights name (DEFAULT, "
+                              "IMAGENET1K_V1, ...) read from $TORCH_HOME/hub/checkpoints; never downloaded; '': "
+                              "random init")
+    pretrained_lr_mult: float = option(
+        0.1, "learning-rate multiplier of a backbone loaded from model.weights (TLlib, DANN: 0.1); the "
+             "bottleneck and heads keep 1; trainer.lr_mult overrides", ge=0)
+    bottleneck: int = option(0, "features through Linear -> BatchNorm1d -> ReLU to this width (TLlib, CDAN: "
+                                "256); 0: none", ge=0)
+    batchnorm: Literal["joint", "separate"] = option(
+        "joint", "joint: one forward of source + target (BatchNorm statistics of the mixed batch, as TLlib); "
+                 "separate: one forward per domain (per-domain batch statistics, as pytorch-adapt)")
 
 
 @dataclass
@@ -137,6 +149,10 @@ class TrainerSection(Checked):
            "machine's cores (tladapt.threads: one thread for the bundled small models)", ge=0)
     progress: bool = option(True, "progress bar on a terminal")
     checkpoint: bool = option(True, "write checkpoint.pt at the end")
+    precision: Literal["fp32", "bf16"] = option(
+        "fp32", "bf16: forward and losses under torch.autocast(bfloat16) on CUDA or CPU; CORAL, MMD kernels, "
+                "entropies and cross-entropies are computed in float32")
+    channels_last: bool = option(False, "channels-last memory format for convolutional backbones and image batches")
     keep_best: str = option(
         "", "keep best.pt, the checkpoint of the evaluation point with the best value of this tag, "
             "e.g. 'validator/im' (direction from the validator); '': none")

@@ -11,6 +11,7 @@ from tladapt.data.datasets import DATASETS, DIGITS_FORMAT
 from tladapt.data.images import is_image_dataset, prepare_images
 from tladapt.data.tasks import check_class_options, load_task
 from tladapt.manager import PluginInfo, available_plugins, make_plugin_manager, resolve_active
+from tladapt.models import check_model
 from tladapt.runs import find_checkpoint, new_run_dir, write_json
 from tladapt.trainer import Trainer, keep_best_direction, resolve_device
 from tladapt.validators import available_validators, choose_validators
@@ -54,6 +55,7 @@ def prepare(config: Config, cli_plugins: Iterable[str] = ()) -> tuple[Config, li
             except ValueError as err:
                 raise ConfigError(str(err)) from None
     check_class_options(config.data)
+    check_model(config.model)
     if config.data.source_free:
         check_source_free(config, active)
     if config.model.init_from:  # every task and seed has its checkpoint before any run starts

@@ -11,6 +11,11 @@ import torch
 import torch.nn.functional as F
 
 
+def _full_precision(t: torch.Tensor) -> torch.Tensor:
+    """Half-precision tensors (bf16 autocast outputs) upcast to float32; float32/64 unchanged."""
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
 class _GradReverse(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, coeff):
@@ -69,10 +74,10 @@ def domain_adversarial_loss(
         d_target: discriminator logits for target samples, shape ``(n_t,)`` or ``(n_t, 1)``.
 
     Returns:
-        ``(loss, accuracy)``: 0-dim tensors; accuracy (fraction in [0, 1],
+        ``(loss, accuracy)``: 0-dim tensors, float32 for half-precision logits; accuracy (fraction in [0, 1],
         threshold at logit 0) is detached and meant for logging.
     """
-    d_source, d_target = d_source.reshape(-1), d_target.reshape(-1)
+    d_source, d_target = _full_precision(d_source.reshape(-1)), _full_precision(d_target.reshape(-1))
     loss = F.binary_cross_entropy_with_logits(
         d_source, torch.zeros_like(d_source)
     ) + F.binary_cross_entropy_with_logits(d_target, torch.ones_like(d_target))
@@ -89,7 +94,8 @@ def entropy(logits: torch.Tensor) -> torch.Tensor:
         logits: shape ``(n, num_classes)``, float.
 
     Returns:
-        0-dim tensor, ``-mean_i sum_k p_ik log p_ik``, in [0, log num_classes].
+        0-dim tensor (float32 for half-precision logits),
+        ``-mean_i sum_k p_ik log p_ik``, in [0, log num_classes].
     """
-    log_p = F.log_softmax(logits, dim=1)
+    log_p = F.log_softmax(_full_precision(logits), dim=1)
     return -(log_p.exp() * log_p).sum(dim=1).mean()

@@ -146,7 +146,9 @@ class Trainer:
             raise ConfigError(str(err)) from None
 
         m = config.model
-        self.backbone = build_backbone(m.backbone, self.target.input_shape, m.hidden, m.dropout)
+        self.backbone = build_backbone(m.backbone, self.target.input_shape, m.hidden, m.dropout, m.weights, m.bottleneck)
+        if cfg.channels_last:
+            self.backbone.to(memory_format=torch.channels_last)
         self.feature_dim = self.backbone.out_features
         self.head = nn.Linear(self.feature_dim, self.num_classes)
         self.modules = nn.ModuleDict({"backbone": self.backbone, "head": self.head})
@@ -164,6 +166,8 @@ class Trainer:
         if m.init_from:
             self._init_from(m.init_from)
         self._lr_mult = {name: 1.0 for name in self.modules}
+        if m.weights:  # a pretrained feature extractor trains slower than the new layers (TLlib, DANN: 0.1)
+            self._lr_mult["backbone.net" if m.bottleneck else "backbone"] = m.pretrained_lr_mult
         self.step, self.progress = 0, 0.0
         labelled_val = self.source_val is not None and self.source_val.y is not None
         self.validators = RunValidators(  # none when nothing trains the target's head: nothing to select
@@ -275,15 +279,22 @@ class Trainer:
     # ------------------------------------------------------------------ training
     def forward(self, batch: Batch) -> Outputs:
         """One backbone + head pass over the concatenated source, target (and labelled
-        target) batches; a source-free run has no source part."""
+        target) batches; a source-free run has no source part. With ``model.batchnorm =
+        "separate"`` one backbone pass per part (per-domain BatchNorm statistics)."""
         parts = (batch.x_s, batch.x_t, batch.x_l)
         sizes = [0 if x is None else x.shape[0] for x in parts]
-        features = self.backbone(torch.cat([x for x in parts if x is not None]))
+        present = [self._layout(x) for x in parts if x is not None]
+        if self.config.model.batchnorm == "separate":
+            features = torch.cat([self.backbone(x) for x in present])
+        else:
+            features = self.backbone(torch.cat(present))
+        features = features.float()  # under bf16 autocast the network's outputs are bfloat16: plugins get float32
         f_s, f_t, f_l = features.split(sizes)
         if self.source_head is self.head:
             z_s, z_t, z_l = self.head(features).split(sizes)
         else:  # a different target task: the source batch goes through the source's own head
             z_s, (z_t, z_l) = self.source_head(f_s), self.head(features[sizes[0]:]).split(sizes[1:])
+        z_s, z_t, z_l = z_s.float(), z_t.float(), z_l.float()
         keep = lambda x, part: None if x is None else part  # noqa: E731
         return Outputs(keep(batch.x_s, f_s), f_t, keep(batch.x_s, z_s), z_t, keep(batch.x_l, f_l), keep(batch.x_l, z_l))
 
@@ -325,10 +336,27 @@ class Trainer:
                               "[plugins.simclr] for an unlabelled source)")
         return terms
 
+    def _layout(self, x: torch.Tensor) -> torch.Tensor:
+        """Image batches in channels-last memory format when ``trainer.channels_last``."""
+        if self.config.trainer.channels_last and x.ndim == 4:
+            return x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def autocast(self):
+        """The training step's autocast context: bfloat16 with ``trainer.precision = "bf16"``
+        (CUDA or CPU), else disabled. Evaluation runs in float32."""
+        bf16 = self.config.trainer.precision == "bf16"
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16)
+
     def train_step(self, batch: Batch) -> torch.Tensor:
-        """Forward, losses, backward and optimizer step for one batch; returns the total loss."""
-        out = self.forward(batch)
-        terms = self.losses(batch, out)
+        """Forward, losses, backward and optimizer step for one batch; returns the total loss.
+
+        Forward and losses run under :meth:`autocast`; the backward and the optimizer step
+        (float32 parameters and gradients) outside it.
+        """
+        with self.autocast():
+            out = self.forward(batch)
+            terms = self.losses(batch, out)
         total = sum(term.weight * term.value for _, term in sorted(terms.items()))
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()

@@ -1,14 +1,11 @@
-"""Backbones (feature extractors) and the classifier head.
+"""The small backbones trained from scratch: an MLP for vectors and LeNet for digits.
 
-Every backbone maps ``(b, *input_shape)`` float32 inputs to ``(b, out_features)``
-features and exposes ``out_features``. Nothing is pretrained: weights start from
-PyTorch's default initialisation under the run's seed.
+Both map ``(b, *input_shape)`` float32 inputs to ``(b, out_features)`` features and
+expose ``out_features``; weights start from PyTorch's default initialisation under the
+run's seed.
 """
 
 from __future__ import annotations
-
-import importlib
-import math
 
 import torch
 from torch import nn
@@ -74,44 +71,3 @@ class LeNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(b, c, h, w)`` float32 -> ``(b, 500)`` features."""
         return self.fc(self.conv(x).flatten(1))
-
-
-def build_backbone(
-    name: str, input_shape: tuple[int, ...], hidden: list[int], dropout: float
-) -> nn.Module:
-    """Build the feature extractor named by the config's ``model.backbone``.
-
-    Args:
-        name: ``"auto"`` (``mlp`` for vector inputs, ``lenet`` for images),
-            ``"mlp"``, ``"lenet"``, or ``"module:function"`` naming a user
-            function called as ``function(input_shape=..., hidden=..., dropout=...)``
-            that returns an ``nn.Module`` with an ``out_features`` attribute.
-        input_shape: one input's shape, e.g. ``(800,)`` or ``(1, 16, 16)``.
-        hidden: MLP hidden sizes.
-        dropout: dropout probability.
-
-    Raises:
-        ValueError: for an unknown name, an unimportable ``module:function``, or a
-            module without an integer ``out_features``.
-    """
-    if name == "auto":
-        name = "mlp" if len(input_shape) == 1 else "lenet"
-    if name == "mlp":
-        return MLP(math.prod(input_shape), hidden, dropout)
-    if name == "lenet":
-        return LeNet(input_shape, dropout)
-    if ":" not in name:
-        raise ValueError(
-            f"unknown model.backbone {name!r}: expected 'auto', 'mlp', 'lenet' or 'module:function'"
-        )
-    module_name, _, attr = name.partition(":")
-    try:
-        factory = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as err:
-        raise ValueError(f"model.backbone {name!r} could not be imported: {err}") from err
-    backbone = factory(input_shape=tuple(input_shape), hidden=list(hidden), dropout=dropout)
-    if not isinstance(backbone, nn.Module) or not isinstance(getattr(backbone, "out_features", None), int):
-        raise ValueError(
-            f"model.backbone {name!r} must return an nn.Module with an int attribute out_features"
-        )
-    return backbone
