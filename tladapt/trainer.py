@@ -29,7 +29,7 @@ from tladapt.manager import call_each
 from tladapt.models import build_backbone
 from tladapt.plugin import Term
 from tladapt.runs import RunLogger, find_checkpoint, save_checkpoint, write_json
-from tladapt.validators import RunValidators, available_validators, better, choose_validators
+from tladapt.validators import RunValidators, available_validators, better, choose_validators, tag_direction
 from tladapt.threads import choose_threads, run_threads, step_flops
 
 
@@ -70,20 +70,13 @@ def resolve_device(name: str) -> torch.device:
 
 
 def keep_best_direction(tag: str, directions: dict[str, str]) -> str:
-    """The direction in which ``trainer.keep_best``'s tag improves: the validator's own for
-    ``validator/<name>``, ``"max"`` for accuracies (``metrics/*_acc``, ``oracle/*_acc``).
+    """The direction of ``trainer.keep_best``'s tag (:func:`tladapt.validators.tag_direction`;
+    ``"max"`` when unset).
 
     Raises:
         ConfigError: for a tag that is neither a validator of the run nor an accuracy.
     """
-    if not tag:
-        return "max"
-    if tag.startswith("validator/") and tag.removeprefix("validator/") in directions:
-        return directions[tag.removeprefix("validator/")]
-    if tag.split("/")[0] in ("metrics", "oracle") and tag.endswith("_acc"):
-        return "max"
-    raise ConfigError(f"trainer.keep_best = {tag!r}: expected 'validator/<name>' with one of the run's validators "
-                      f"({', '.join(directions) or 'none'}) or an accuracy tag such as 'metrics/source_val_acc'")
+    return tag_direction(tag, directions, "trainer.keep_best") if tag else "max"
 
 
 class Trainer:

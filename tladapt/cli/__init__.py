@@ -7,11 +7,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from tladapt.cli import advise, datasets, distance, plugins, run, select, table
+from tladapt.cli import advise, datasets, distance, plugins, run, select, sweep, table
 from tladapt.errors import ConfigError, PluginError, TrainingDiverged
 
 #: The sub-command modules, in ``--help`` order.
-COMMANDS = (run, plugins, datasets, table, select, distance, advise)
+COMMANDS = (run, plugins, datasets, table, select, sweep, distance, advise)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -9,9 +9,10 @@ every plugin manager registers. See docs/model-selection.md.
 """
 
 from tladapt.validators.base import (TAG, Contributed, Direction, RunValidators, Validator, available_validators,
-                                     better, choose_validators)
+                                     better, choose_validators, tag_direction)
 from tladapt.validators.core import CORE_VALIDATORS, CoreValidators
 from tladapt.validators.outputs import EvalOutputs, Subsamples, collect_outputs
 
 __all__ = ["TAG", "Contributed", "Direction", "RunValidators", "Validator", "available_validators", "better",
-           "choose_validators", "CORE_VALIDATORS", "CoreValidators", "EvalOutputs", "Subsamples", "collect_outputs"]
+           "choose_validators", "tag_direction", "CORE_VALIDATORS", "CoreValidators", "EvalOutputs", "Subsamples",
+           "collect_outputs"]

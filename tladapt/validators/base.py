@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 import pluggy
+import torch
+from threadpoolctl import threadpool_limits
 
 from tladapt.errors import ConfigError, PluginError
 from tladapt.validators.outputs import EvalOutputs, Subsamples, collect_outputs
@@ -51,6 +53,27 @@ def better(a: float, b: float, direction: Direction) -> bool:
     if math.isnan(b):
         return True
     return a > b if direction == "max" else a < b
+
+
+def tag_direction(tag: str, directions: dict[str, Direction], what: str) -> Direction:
+    """The direction in which a recorded tag improves: the validator's own for
+    ``validator/<name>``, ``"max"`` for accuracies (``metrics/*_acc``, ``oracle/*_acc``).
+
+    Args:
+        tag: e.g. ``"validator/im"``.
+        directions: ``{name: direction}`` of the run's validators.
+        what: the option naming the tag, for the error (``"trainer.keep_best"``).
+
+    Raises:
+        ConfigError: for a tag that is neither one of the validators nor an accuracy.
+    """
+    name = tag.removeprefix(TAG)
+    if tag.startswith(TAG) and name in directions:
+        return directions[name]
+    if tag.split("/")[0] in ("metrics", "oracle") and tag.endswith("_acc"):
+        return "max"
+    raise ConfigError(f"{what} = {tag!r}: expected 'validator/<name>' with one of the run's validators "
+                      f"({', '.join(directions) or 'none'}) or an accuracy tag such as 'metrics/source_val_acc'")
 
 
 @dataclass(frozen=True)
@@ -149,12 +172,19 @@ class RunValidators:
         out = collect_outputs(trainer.backbone, trainer.head, trainer.source_head, trainer.source, trainer.source_val,
                               trainer.target, self._subsamples, self.seed)
         scores = {}
-        for v in self.validators:
-            try:
-                value = v(out)
-            except Exception as err:
-                raise PluginError(f"validator {v.name!r} failed: {type(err).__name__}: {err}") from err
-            if not isinstance(value, (int, float)):
-                raise PluginError(f"validator {v.name!r} returned {type(value).__name__}, expected a float")
-            scores[TAG + v.name] = float(value)
+        # scikit-learn's BLAS uses the run's thread count too (torch's, set from trainer.threads):
+        # on a busy CPU, unbounded BLAS threads made DEV's logistic regression 100x slower
+        with threadpool_limits(limits=torch.get_num_threads()):
+            for v in self.validators:
+                scores[TAG + v.name] = self._score(v, out)
         return scores
+
+    @staticmethod
+    def _score(v: Validator, out: EvalOutputs) -> float:
+        try:
+            value = v(out)
+        except Exception as err:
+            raise PluginError(f"validator {v.name!r} failed: {type(err).__name__}: {err}") from err
+        if not isinstance(value, (int, float)):
+            raise PluginError(f"validator {v.name!r} returned {type(value).__name__}, expected a float")
+        return float(value)

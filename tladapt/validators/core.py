@@ -117,7 +117,7 @@ class DeepEmbeddedValidation(Validator):
     normalization: str = "none"
 
     def __call__(self, out: EvalOutputs) -> float:
-        weights = scores.density_ratio(out.source_features, out.target_features, out.source_val_features, out.seed)
+        weights = out.source_val_weights
         losses = F.cross_entropy(out.source_val_logits.float(), out.source_val_labels, reduction="none")
         return scores.dev_risk(weights, losses.double().cpu().numpy(), self.normalization)
 

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Callable
+
+import numpy as np
 
 import torch
 import torch.nn.functional as F
@@ -50,6 +53,16 @@ class EvalOutputs:
     def target_probs(self) -> torch.Tensor:
         """Softmax of ``target_logits``, ``(n_t, C)`` float32."""
         return F.softmax(self.target_logits.float(), dim=1)
+
+    @cached_property
+    def source_val_weights(self) -> np.ndarray:
+        """Importance weights ``p_t / p_s`` of the held-out source samples, ``(n_v,)`` float64,
+        from a domain classifier on features (:func:`tladapt.validators.scores.density_ratio`,
+        fitted on ``source_features`` vs ``target_features``); computed once per bundle and
+        shared by the validators that need it (DEV, DEVN)."""
+        from tladapt.validators.scores import density_ratio
+
+        return density_ratio(self.source_features, self.target_features, self.source_val_features, self.seed)
 
 
 def subsample_index(n: int, size: int, generator: torch.Generator) -> torch.Tensor:
