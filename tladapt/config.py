@@ -185,11 +185,14 @@ class Config:
         return dataclasses.asdict(self)
 
     def fingerprint(self) -> str:
-        """8 hex digits identifying everything but the seeds, the runs directory and what is
-        only measured (``[validation]``, ``trainer.keep_best``), so that runs of one config
-        with different seeds group together and other configs do not."""
+        """8 hex digits identifying everything but the seeds, the tasks, the runs directory
+        and what is only measured (``[validation]``, ``trainer.keep_best``), so that runs of
+        one config with different seeds group together and other configs do not. A run's
+        identity is (task, seed, fingerprint): a config listing one task or twelve trains
+        that task the same way, so both give the same fingerprint."""
         data = self.to_dict()
         data["experiment"] = {k: v for k, v in data["experiment"].items() if k not in ("seeds", "runs_dir")}
+        del data["data"]["tasks"]  # a run is one task: its task is a column of its own
         del data["validation"]  # what is measured about a run does not change the run
         data["trainer"].pop("keep_best")
         return hashlib.sha1(json.dumps(data, sort_keys=True).encode()).hexdigest()[:8]
