@@ -103,12 +103,12 @@ def test_a_bad_key_or_objective_fails_before_any_study_or_run(tmp_path, capsys):
     assert not (tmp_path / "runs").exists()
 
 
-def test_two_workers_share_one_study_and_end_with_exactly_n_trials(tmp_path, capsys):
+def test_two_workers_share_one_study_and_end_with_exactly_n_trials(tmp_path, capfd):
     base, space = write(tmp_path)
     argv = ["sweep", base, "--space", space, "--trials", "3", "--jobs", "2", "--heartbeat", "1",
             "--objective", "validator/entropy"]
     assert main(argv) == 0
-    out = capsys.readouterr().out
+    out = capfd.readouterr().out
     study = study_of(tmp_path)
     assert finished_count(study) == (3, 0, 0) and len(study.trials) == 3
     assert study.direction == optuna.study.StudyDirection.MINIMIZE  # entropy: lower is better
@@ -125,10 +125,10 @@ def test_two_workers_share_one_study_and_end_with_exactly_n_trials(tmp_path, cap
     assert "label-free objective" in out and "best: trial" in out
     # the same command again: the study is complete, nothing runs
     assert main(argv) == 0
-    assert len(study_of(tmp_path).trials) == 3 and "trial 1/3" not in capsys.readouterr().out
+    assert len(study_of(tmp_path).trials) == 3 and "trial 1/3" not in capfd.readouterr().out
     # a sweep reads like any runs: one configuration per trial
     assert main(["select", str(tmp_path / "runs"), "--validator", "entropy", "--over", "configs"]) == 0
-    assert "selected by entropy" in capsys.readouterr().out
+    assert "selected by entropy" in capfd.readouterr().out
 
 
 def test_an_oracle_objective_is_written_as_oracle(tmp_path, capsys):

@@ -389,10 +389,11 @@ def run_trial(spec: SweepSpec, space: SearchSpace, study, trial) -> tuple[str, f
     """
     from tladapt.config import parse_task
     from tladapt.errors import TrainingDiverged
+    from tladapt.experiment import prepare
 
     values = space.suggest(trial)
     config = spec.trial_config(values)
-    info: dict[str, Any] = {"config_id": config.fingerprint(), "runs": []}
+    info: dict[str, Any] = {"config_id": prepare(config, spec.plugins)[0].fingerprint(), "runs": []}
     scores = []
     step = 0
     try:
