@@ -99,7 +99,9 @@ def test_parse_value():
     assert parse_value("amazon->webcam") == "amazon->webcam"
 
 
-EXPERIMENTS = sorted((Path(__file__).resolve().parents[1] / "experiments").rglob("*.toml"))
+TOMLS = sorted((Path(__file__).resolve().parents[1] / "experiments").rglob("*.toml"))
+SPACES = [p for p in TOMLS if p.name.endswith("_space.toml")]  # tladapt sweep --space files
+EXPERIMENTS = [p for p in TOMLS if p not in SPACES]
 
 
 @pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: f"{p.parent.name}/{p.name}")
@@ -108,6 +110,13 @@ def test_every_experiment_config_validates(path):
 
     config, _ = prepare(load_config(path))
     assert config.experiment.method
+
+
+@pytest.mark.parametrize("path", SPACES, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_every_search_space_validates(path):
+    from tladapt.sweep import load_space
+
+    assert load_space(path).params
 
 
 def test_bundled_default_configs_validate():

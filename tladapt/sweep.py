@@ -263,7 +263,6 @@ def default_study_name(config, space: SearchSpace, objective: str) -> str:
 def storage_for(url: str, heartbeat: int):
     """An Optuna storage: RDB (``sqlite:///...``, ``postgresql://...``, ...) with heartbeats
     and retry of stale trials, or a journal file (``journal:PATH``; no heartbeats)."""
-    import optuna
     from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
     if url.startswith("journal:"):
