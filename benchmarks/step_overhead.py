@@ -51,27 +51,36 @@ def make_trainer(args, run_root):
 
 
 def hand_written(trainer):
-    """The same model and data as ``trainer``, trained by a plain loop (fresh optimizer)."""
+    """The same model, data and training view as ``trainer``, trained by a plain loop (fresh
+    optimizer); it honours ``trainer.precision`` (bf16 autocast) and ``trainer.channels_last``."""
     cfg = trainer.config.trainer
     backbone, head = trainer.backbone, trainer.head
     disc = trainer.modules["domain_discriminator"]
     opt = torch.optim.SGD([p for m in (backbone, head, disc) for p in m.parameters()],
                           lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: (1 + 10 * s / cfg.steps) ** -0.75)
-    xs, ys, xt = trainer.source.x, trainer.source.y, trainer.target.x
+    src, tgt = trainer.source, trainer.target
     b, device = cfg.batch_size, trainer.device
     gen = torch.Generator(device=device).manual_seed(0)
+    bf16 = cfg.precision == "bf16"
     step = 0
+
+    def view(dom, i):  # the stored rows, augmented on the device for an image domain
+        return dom.x[i] if dom.augment is None else dom.augment.weak(dom.x[i], gen)
 
     def one_step():
         nonlocal step
-        i_s = torch.randint(len(xs), (b,), generator=gen, device=device)
-        i_t = torch.randint(len(xt), (b,), generator=gen, device=device)
-        f = backbone(torch.cat([xs[i_s], xt[i_t]]))
-        cls = F.cross_entropy(head(f[:b]), ys[i_s])
-        d = disc(grad_reverse(f, grl_coefficient(step / cfg.steps)))
-        dom, _ = domain_adversarial_loss(d[:b], d[b:])
-        loss = cls + dom
+        i_s = torch.randint(len(src), (b,), generator=gen, device=device)
+        i_t = torch.randint(len(tgt), (b,), generator=gen, device=device)
+        x = torch.cat([view(src, i_s), view(tgt, i_t)])
+        if cfg.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            f = backbone(x).float()
+            cls = F.cross_entropy(head(f[:b]).float(), src.y[i_s])
+            d = disc(grad_reverse(f, grl_coefficient(min(step / cfg.steps, 1.0))))
+            dom, _ = domain_adversarial_loss(d[:b], d[b:])
+            loss = cls + dom
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

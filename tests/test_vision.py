@@ -200,3 +200,50 @@ def test_the_core_imports_and_runs_without_torchvision(tmp_path):
     lines = out.stdout.splitlines()
     assert lines[0] == "True"
     assert lines[1].startswith("ERR model.backbone 'torchvision:...' needs torchvision: pip install 'tladapt[vision]'")
+
+
+EXAMPLE = __import__("pathlib").Path(__file__).resolve().parents[1] / "docs" / "examples" / "office31_dann_resnet50.toml"
+
+
+@pytest.fixture
+def office31(tmp_path, monkeypatch):
+    """An Office-31 style folder (root/<domain>/images/<class>/) and a TORCH_HOME holding a
+    (stand-in) ResNet-50 file where torchvision's cache keeps IMAGENET1K_V1."""
+    root = tmp_path / "office31"
+    make_folder(tmp_path / "flat", domains=("amazon", "dslr", "webcam"), per_class=4, extras=False)
+    for d in ("amazon", "dslr", "webcam"):
+        (root / d).mkdir(parents=True)
+        (tmp_path / "flat" / d).rename(root / d / "images")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    (tmp_path / "torch" / "hub" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "torch" / "hub" / "checkpoints" / "resnet50-0676ba61.pth").write_bytes(b"")
+    return root
+
+
+def test_the_office31_example_config_validates(office31, tmp_path):
+    from tladapt.config import load_config
+    from tladapt.experiment import prepare
+
+    config, _ = prepare(load_config(EXAMPLE, [f"data.dataset='image_folder:{office31}'",
+                                              f"data.cache_dir='{tmp_path / 'cache'}'"]))
+    assert config.model.backbone == "torchvision:resnet50" and config.model.bottleneck == 256
+    assert len(list((tmp_path / "cache").rglob("*-stretch256-*.npy"))) == 3  # every domain decoded up front
+    with pytest.raises(ConfigError, match="resnet50-0676ba61.pth into"):
+        (tmp_path / "torch" / "hub" / "checkpoints" / "resnet50-0676ba61.pth").unlink()
+        prepare(load_config(EXAMPLE, [f"data.dataset='image_folder:{office31}'", f"data.cache_dir='{tmp_path / 'cache'}'"]))
+
+
+@pytest.mark.slow
+def test_the_office31_example_runs_at_toy_size(office31, tmp_path):
+    from tladapt.config import load_config
+    from tladapt.experiment import run_experiment
+
+    torch.save(seeded("resnet18").state_dict(), tmp_path / "r18.pth")
+    config = load_config(EXAMPLE, [
+        f"data.dataset='image_folder:{office31}'", f"data.cache_dir='{tmp_path / 'cache'}'",
+        f"experiment.runs_dir='{tmp_path / 'runs'}'", "data.tasks=['amazon->webcam']", "data.image_size=36",
+        "augment.input_size=32", "data.source_val_fraction=0", "model.backbone='torchvision:resnet18'",
+        f"model.weights='{tmp_path / 'r18.pth'}'", "trainer.batch_size=4", "trainer.steps=2", "trainer.eval_every=2",
+        "trainer.progress=false"])
+    (result,) = run_experiment(config)
+    assert result["steps"] == 2 and 0 <= result["final"]["oracle/target_acc"] <= 100

@@ -415,16 +415,20 @@ class Augmentation:
         to the box's pixel centres (as ``F.interpolate`` clamps at the crop's edges), else
         pixels outside the image read ``fill``."""
         s = self.spec.size
-        grid = F.affine_grid(theta, [x.shape[0], x.shape[1], s, s], align_corners=False)
+        # affine_grid(theta, align_corners=False) by broadcasting (a batched matmul with K = 3 is slower)
+        q = (torch.arange(s, device=x.device, dtype=x.dtype) * 2 + 1) / s - 1  # output pixel centres
+        qx, qy = q.view(1, 1, s), q.view(1, s, 1)
+        t = theta.to(x.dtype).unsqueeze(-1).unsqueeze(-1)  # (b, 2, 3, 1, 1)
+        gx = t[:, 0, 0] * qx + t[:, 0, 1] * qy + t[:, 0, 2]
+        gy = t[:, 1, 0] * qx + t[:, 1, 1] * qy + t[:, 1, 2]
         if box is not None:
             h, w = x.shape[-2:]
-            lo_x, hi_x = (2 * box.left + 1) / w - 1, (2 * (box.left + box.width) - 1) / w - 1
-            lo_y, hi_y = (2 * box.top + 1) / h - 1, (2 * (box.top + box.height) - 1) / h - 1
             view = (-1, 1, 1)
-            gx = torch.clamp(grid[..., 0], lo_x.view(view), hi_x.view(view))
-            gy = torch.clamp(grid[..., 1], lo_y.view(view), hi_y.view(view))
-            grid = torch.stack([gx, gy], -1)
-            return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+            gx = torch.clamp(gx, ((2 * box.left + 1) / w - 1).view(view), ((2 * (box.left + box.width) - 1) / w - 1).view(view))
+            gy = torch.clamp(gy, ((2 * box.top + 1) / h - 1).view(view), ((2 * (box.top + box.height) - 1) / h - 1).view(view))
+            return F.grid_sample(x, torch.stack([gx, gy], -1), mode="bilinear", padding_mode="border",
+                                 align_corners=False)
+        grid = torch.stack([gx, gy], -1)
         return F.grid_sample(x - fill, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + fill
 
     def crop(self, x: torch.Tensor, p: CropParams) -> torch.Tensor:
