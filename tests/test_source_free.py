@@ -132,3 +132,4 @@ def test_a_missing_source_checkpoint_fails_before_any_run(fast_config, source_ru
     with pytest.raises(ConfigError, match="no checkpoint for task 'dslr->webcam', seed 0"):
         run_experiment(config)
     assert not runs.exists()
+

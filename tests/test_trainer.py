@@ -346,3 +346,16 @@ def test_batch_size_is_checked_against_the_training_split_not_the_whole_source(f
     # webcam has 295 samples; with 10% held out for validation the training split has 265
     with pytest.raises(ConfigError, match=r"source domain 'webcam': trainer.batch_size=280 exceeds the domain's 265"):
         make_trainer(fast_config("trainer.batch_size=280"), task=("webcam", "caltech"))
+
+
+def test_label_smoothing_of_the_source_loss(fast_config):
+    t = make_trainer(fast_config("trainer.label_smoothing=0.1"))
+    t.start()
+    batch = t.pipeline.next()
+    t.modules.eval()
+    out = t.forward(batch)
+    log_p = torch.log_softmax(out.logits_s, 1)
+    expected = -(0.9 * log_p.gather(1, batch.y_s[:, None]).squeeze(1) + 0.1 * log_p.mean(1)).mean()
+    assert t.losses(batch, out)["source"].value.item() == pytest.approx(expected.item(), rel=1e-6)
+    with pytest.raises(ConfigError, match="trainer.label_smoothing must be >= 0, < 1"):
+        fast_config("trainer.label_smoothing=1.0")

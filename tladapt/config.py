@@ -140,6 +140,9 @@ class TrainerSection(Checked):
         1.0, "weight of the source cross-entropy; 0 trains on labelled target samples only", ge=0)
     target_weight: float = option(
         1.0, "weight of the labelled-target cross-entropy (data.target_labels_per_class > 0)", ge=0)
+    label_smoothing: float = option(
+        0.0, "label smoothing ε of the source cross-entropy (Szegedy et al. 2016; SHOT's source model: 0.1)",
+        ge=0, lt=1)
     replacement: bool = option(False, "sample batches with replacement (needed when a domain is smaller than a batch)")
     eval_every: int = option(500, "steps between evaluations (and one at the end)", gt=0)
     log_every: int = option(50, "steps between TensorBoard scalar writes (means since the last)", gt=0)

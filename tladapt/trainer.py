@@ -306,7 +306,8 @@ class Trainer:
         terms: dict[str, Term] = {}
         owner: dict[str, str] = {}
         if batch.y_s is not None:  # none when data.source_labels = false
-            ce = F.cross_entropy(out.logits_s, batch.y_s, reduction="none")
+            ce = F.cross_entropy(out.logits_s, batch.y_s, reduction="none",
+                                 label_smoothing=self.config.trainer.label_smoothing)
             source_loss = (ce * weights[0][1]).mean() if weights else ce.mean()
             terms["source"], owner["source"] = Term(source_loss, self.config.trainer.source_weight), "the trainer"
         if out.logits_l is not None:  # the few labelled target samples (semi-supervised DA)

@@ -2,7 +2,8 @@
 
 Every backbone maps ``(b, *input_shape)`` float32 inputs to ``(b, out_features)``
 features and exposes ``out_features``; the trainer puts one linear classifier head
-on top. :func:`build_backbone` is the one place a config's ``model.backbone`` becomes
+on top (the adversarial methods' :class:`DomainDiscriminator` is here too).
+:func:`build_backbone` is the one place a config's ``model.backbone`` becomes
 a module:
 
 * ``mlp`` / ``lenet`` (:mod:`tladapt.models.small`), trained from scratch;
@@ -22,10 +23,11 @@ import math
 from torch import nn
 
 from tladapt.errors import ConfigError
+from tladapt.models.discriminator import DomainDiscriminator
 from tladapt.models.small import MLP, LeNet
 from tladapt.models.vision import PREFIX, check_torchvision_model, resolve_weights, torchvision_backbone
 
-__all__ = ["MLP", "LeNet", "Bottleneck", "WithBottleneck", "build_backbone", "check_model"]
+__all__ = ["MLP", "LeNet", "DomainDiscriminator", "Bottleneck", "WithBottleneck", "build_backbone", "check_model"]
 
 
 class Bottleneck(nn.Sequential):
