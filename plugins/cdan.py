@@ -26,6 +26,7 @@ from tladapt.errors import ConfigError
 from tladapt.losses import (RandomizedMultilinearMap, domain_adversarial_loss, entropy_weights, grad_reverse,
                             grl_coefficient, multilinear_map)
 from tladapt.models import DomainDiscriminator
+from tladapt_plugins.dann import DANN
 
 
 class ConditionalDiscriminator(nn.Module):
@@ -77,20 +78,14 @@ class CDAN:
     """
 
     @dataclass
-    class Options:
-        """``[plugins.cdan]`` options."""
+    class Options(DANN.Options):
+        """``[plugins.cdan]`` options: DANN's (weight, GRL schedule, discriminator) and the conditioning."""
 
-        weight: float = tladapt.option(1.0, "coefficient of the conditional domain loss", ge=0)
         entropy: bool = tladapt.option(False, "CDAN+E: weigh each sample's domain loss by 1 + exp(-H(g))")
         map: Literal["auto", "multilinear", "randomized"] = tladapt.option(
             "auto", "conditioning: multilinear g ⊗ f, randomized (R_f f) ⊙ (R_g g) / sqrt(r), or auto "
                     "(multilinear when d * K <= 4096, as in the paper)")
         randomized_dim: int = tladapt.option(1024, "output width r of the randomized map (1024 in the paper)", gt=0)
-        gamma: float = tladapt.option(10.0, "steepness γ of the GRL schedule λ_p = 2/(1+exp(-γ p)) - 1", gt=0)
-        max_lambda: float = tladapt.option(1.0, "λ_p is scaled by this value (1 in the paper)", ge=0)
-        hidden: list[int] = tladapt.option([1024, 1024], "hidden sizes of the domain discriminator", gt=0)
-        dropout: float = tladapt.option(0.5, "dropout in the domain discriminator", ge=0, lt=1)
-        lr_mult: float = tladapt.option(1.0, "learning-rate multiplier of the discriminator", ge=0)
 
     #: The paper's threshold on ``d * K`` above which the randomized map is used.
     MULTILINEAR_MAX = 4096
