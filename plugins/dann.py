@@ -18,7 +18,7 @@ import torch
 
 import tladapt
 from tladapt.losses import domain_adversarial_loss, grad_reverse, grl_coefficient
-from tladapt.models import DomainDiscriminator  # noqa: F401  (also importable from here)
+from tladapt.models import DomainDiscriminator
 
 
 class DANN:
