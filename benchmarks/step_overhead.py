@@ -42,7 +42,7 @@ def make_trainer(args, run_root):
         f"trainer.batch_size={args.batch}", f"trainer.steps={10 ** 9}", f"trainer.eval_every={10 ** 9}",
         "trainer.log_every=50", f"trainer.device='{args.device}'", "trainer.progress=false",
         "plugins.dann.hidden=[500, 500]",
-    ])
+    ], enable=["dann"])
     config, active = prepare(config)
     src, tgt = load_domain("mnist_usps_jda", "usps"), load_domain("mnist_usps_jda", "mnist")
     trainer = Trainer(config, src, tgt, make_plugin_manager(active), new_run_dir(run_root, "bench", "t", "m", 0), 0)

@@ -300,7 +300,7 @@ class InstanceWeighting:
     @tladapt.hookimpl
     def tladapt_evaluate(self, trainer, metrics):
         metrics.update(self.summary())
-        trainer.logger.histogram("weights/histogram", self.weights, trainer.step + 1)
+        trainer.histogram("weights/histogram", self.weights)
 
     @tladapt.hookimpl
     def tladapt_fit_end(self, trainer, results):

@@ -1,5 +1,7 @@
 """Shared fixtures: tiny but real runs (bundled Office+Caltech10 SURF, a few steps)."""
 
+import re
+
 import pytest
 import torch
 
@@ -21,9 +23,15 @@ FAST = [
 
 @pytest.fixture
 def fast_config(tmp_path):
-    """Build a validated Config for a 30-step run writing below tmp_path; extra overrides win."""
+    """Build a validated Config for a 30-step run writing below tmp_path; extra overrides win.
+
+    A test convenience the CLI does not have: every plugin named in an override
+    (``plugins.dann.weight=0.3``, or ``plugins.dann={}`` for its defaults) is enabled first,
+    as ``--enable dann`` would."""
 
     def make(*overrides, path=None):
-        return load_config(path, [*FAST, f"experiment.runs_dir='{tmp_path / 'runs'}'", *overrides])
+        enable = sorted({o.split("=")[0].split(".")[1] for o in overrides if o.startswith("plugins.")})
+        overrides = [o for o in overrides if not re.fullmatch(r"plugins\.\w+=\{\}", o)]
+        return load_config(path, [*FAST, f"experiment.runs_dir='{tmp_path / 'runs'}'", *overrides], enable=enable)
 
     return make

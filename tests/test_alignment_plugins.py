@@ -191,7 +191,7 @@ def test_coral_matrix_for_lam_zero_whitens_to_the_target_covariance():
 def test_closed_form_on_images_is_a_clear_config_error(tmp_path):
     config = load_config(None, ["data.dataset='mnist_usps_jda'", "data.tasks=['usps->mnist']",
                                 "plugins.coral.mode='closed_form'", f"experiment.runs_dir='{tmp_path}'",
-                                "trainer.progress=false"])
+                                "trainer.progress=false"], enable=["coral"])
     with pytest.raises(ConfigError, match=r"plugins.coral.mode = 'closed_form' .* inputs of shape \(1, 16, 16\).*mode = 'deep'"):
         make_trainer(config, task=("usps", "mnist"))
 

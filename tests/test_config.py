@@ -15,7 +15,7 @@ def write(tmp_path, name, text):
 
 def test_defaults_and_override_types():
     c = load_config(None, ["trainer.lr=0.1", "model.hidden=[64, 32]", "plugins.dann.weight=0.3",
-                           "data.tasks=['amazon->dslr']", "trainer.device=cpu"])
+                           "data.tasks=['amazon->dslr']", "trainer.device=cpu"], enable=["dann"])
     assert c.trainer.lr == 0.1 and c.model.hidden == [64, 32]
     assert c.plugins == {"dann": {"weight": 0.3}}
     assert c.data.tasks == ["amazon->dslr"] and c.trainer.device == "cpu"  # bare word -> string

@@ -36,13 +36,17 @@ def test_frozen_layers_are_bit_identical_and_stay_in_eval_mode_while_the_rest_tr
     assert torch.equal(t.backbone[0].weight, saved["backbone.0.weight"])  # started from the source
     assert set(g["name"] for g in t.optimizer.param_groups) == {"backbone", "head"}
     assert sum(len(g["params"]) for g in t.optimizer.param_groups) == 4  # backbone.3 and head, weight+bias
-    t.fit()
+    t.start()
+    for _ in range(t.config.trainer.steps):
+        t.advance()
     for name in ("weight", "bias"):
         assert torch.equal(getattr(t.backbone[0], name), saved[f"backbone.0.{name}"])
         assert not torch.equal(getattr(t.backbone[3], name), saved[f"backbone.3.{name}"])
         assert not torch.equal(getattr(t.head, name), saved[f"head.{name}"])
-    # the frozen block (Linear, ReLU, Dropout) stays in eval mode after fit's train() calls
+    # the frozen block (Linear, ReLU, Dropout) stays in eval mode after the evaluations' train() calls
     assert [t.backbone[i].training for i in range(6)] == [False, False, False, True, True, True]
+    t.finish()
+    assert not any(m.training for m in t.modules.modules())  # a finished run is left in eval mode
     assert t.pm.get_plugin("finetune").frozen == ["backbone.0", "backbone.1", "backbone.2"]
 
 

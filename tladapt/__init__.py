@@ -5,9 +5,14 @@ calls it, GPU-resident data pipelines, models and the losses' math. Algorithms
 live in plugins registered under the entry-point group ``tladapt``.
 """
 
+import importlib.metadata
+
 import pluggy
 
-__version__ = "0.1.0"
+try:
+    __version__ = importlib.metadata.version("tladapt")  # one source: pyproject.toml
+except importlib.metadata.PackageNotFoundError:  # a source tree that was never installed
+    __version__ = "0+unknown"
 
 #: Marker for hook implementations in plugins: ``@tladapt.hookimpl``.
 hookimpl = pluggy.HookimplMarker("tladapt")

@@ -15,7 +15,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, Sequence
 
 import tomllib
 
@@ -23,7 +23,8 @@ from tladapt.errors import ConfigError
 from tladapt.options import Checked, option, validate_dataclass
 
 __all__ = ["ConfigError", "Config", "ExperimentSection", "DataSection", "AugmentSection", "ModelSection", "TrainerSection",
-           "ValidationSection", "validate_dataclass", "build_config", "load_config", "read_toml", "apply_override", "parse_task",
+           "ValidationSection", "SECTIONS", "validate_dataclass", "build_config", "load_config", "load_configs",
+           "read_toml", "apply_override", "parse_task",
            "parse_seeds", "parse_value"]
 
 
@@ -173,7 +174,17 @@ class ValidationSection(Checked):
 
 @dataclass
 class Config:
-    """A whole experiment; ``plugins`` maps plugin names to their raw option tables."""
+    """A whole experiment; ``plugins`` maps the enabled plugins' names to their option tables.
+
+    Validated as a whole on construction (and so by ``dataclasses.replace``): each section
+    must be its section class (which validates its own fields), every task must read
+    ``'source->target'``, tasks and seeds must not be empty, and some supervised loss must
+    remain. Plugin tables are checked against the plugins' options when a run is prepared
+    (:func:`tladapt.experiment.prepare`), since that needs the installed plugins.
+
+    Raises:
+        ConfigError: naming the key and what was expected.
+    """
 
     experiment: ExperimentSection = field(default_factory=ExperimentSection)
     data: DataSection = field(default_factory=DataSection)
@@ -182,6 +193,30 @@ class Config:
     trainer: TrainerSection = field(default_factory=TrainerSection)
     validation: ValidationSection = field(default_factory=ValidationSection)
     plugins: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name, cls in SECTIONS.items():
+            if not isinstance(getattr(self, name), cls):
+                raise ConfigError(f"Config.{name} must be a {cls.__name__} (the [{name}] table), "
+                                  f"got {type(getattr(self, name)).__name__}: build configs from data with "
+                                  f"tladapt.build_config")
+        if not isinstance(self.plugins, dict) or not all(
+                isinstance(k, str) and isinstance(v, dict) for k, v in self.plugins.items()):
+            raise ConfigError("[plugins] must hold one table per plugin, e.g. [plugins.dann]")
+        if not self.data.tasks:
+            raise ConfigError("data.tasks is empty: expected at least one 'source->target' task")
+        for task in self.data.tasks:
+            parse_task(task)
+        if not self.experiment.seeds:
+            raise ConfigError("experiment.seeds is empty: expected at least one seed")
+        _check_augment(self.augment)
+        if self.data.source_free and not self.model.init_from:
+            raise ConfigError("data.source_free = true needs model.init_from = a source run directory (or its "
+                              "checkpoint.pt): a source-free run adapts a model trained on the source")
+        if (self.trainer.source_weight == 0 and self.data.target_labels_per_class == 0 and self.data.source_labels
+                and not self.data.source_free):
+            raise ConfigError("trainer.source_weight = 0 with data.target_labels_per_class = 0 leaves no "
+                              "supervised loss: label some target samples per class")
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved config as plain, JSON/TOML-serialisable data."""
@@ -201,7 +236,9 @@ class Config:
         return hashlib.sha1(json.dumps(data, sort_keys=True).encode()).hexdigest()[:8]
 
 
-_SECTIONS = {f.name: f.type for f in dataclasses.fields(Config)}
+#: The config's sections (TOML tables) and their dataclasses, in file order.
+SECTIONS = {"experiment": ExperimentSection, "data": DataSection, "augment": AugmentSection,
+            "model": ModelSection, "trainer": TrainerSection, "validation": ValidationSection}
 
 
 def parse_value(text: str) -> Any:
@@ -272,43 +309,18 @@ def read_toml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
 
 
 def build_config(data: dict[str, Any]) -> Config:
-    """Validate raw config data into a :class:`Config`.
+    """Validate raw config data (as read from TOML) into a :class:`Config`.
 
     Raises:
-        ConfigError: for unknown sections or keys, wrong types, or tasks not of
-            the form ``"source->target"``.
+        ConfigError: for unknown sections or keys, wrong types, values out of bounds, or
+            the whole-config checks of :class:`Config`.
     """
+    valid = [*SECTIONS, "plugins"]
     for section in data:
-        if section not in _SECTIONS:
-            raise ConfigError(f"unknown config section [{section}]: valid sections are {', '.join(_SECTIONS)}")
-    plugins = data.get("plugins", {})
-    if not isinstance(plugins, dict) or not all(isinstance(v, dict) for v in plugins.values()):
-        raise ConfigError("[plugins] must hold one table per plugin, e.g. [plugins.dann]")
-    config = Config(
-        experiment=validate_dataclass(ExperimentSection, data.get("experiment", {}), "experiment"),
-        data=validate_dataclass(DataSection, data.get("data", {}), "data"),
-        augment=validate_dataclass(AugmentSection, data.get("augment", {}), "augment"),
-        model=validate_dataclass(ModelSection, data.get("model", {}), "model"),
-        trainer=validate_dataclass(TrainerSection, data.get("trainer", {}), "trainer"),
-        validation=validate_dataclass(ValidationSection, data.get("validation", {}), "validation"),
-        plugins=plugins,
-    )
-    for task in config.data.tasks:
-        parse_task(task)
-    if not config.data.tasks:
-        raise ConfigError("data.tasks is empty: expected at least one 'source->target' task")
-    if not config.experiment.seeds:
-        raise ConfigError("experiment.seeds is empty: expected at least one seed")
-    _check_augment(config.augment)
-    if config.data.source_free and not config.model.init_from:
-        raise ConfigError("data.source_free = true needs model.init_from = a source run directory (or its "
-                          "checkpoint.pt): a source-free run adapts a model trained on the source")
-    t = config.trainer
-    if (t.source_weight == 0 and config.data.target_labels_per_class == 0 and config.data.source_labels
-            and not config.data.source_free):
-        raise ConfigError("trainer.source_weight = 0 with data.target_labels_per_class = 0 leaves no supervised "
-                          "loss: label some target samples per class")
-    return config
+        if section not in valid:
+            raise ConfigError(f"unknown config section [{section}]: valid sections are {', '.join(valid)}")
+    sections = {name: validate_dataclass(cls, data.get(name, {}), name) for name, cls in SECTIONS.items()}
+    return Config(**sections, plugins=data.get("plugins", {}))
 
 
 def _check_augment(a: AugmentSection) -> None:
@@ -351,15 +363,92 @@ def parse_seeds(text: str) -> list[int]:
     return seeds
 
 
-def load_config(path: str | Path | None, overrides: list[str] = (), seeds: str | None = None) -> Config:
-    """Read ``path`` (or start from defaults), apply ``--set`` overrides and ``--seeds``, validate.
+def _label(path: str | Path | None) -> str:
+    return "the defaults" if path is None else Path(path).name
+
+
+def load_configs(paths: Sequence[str | Path | None], overrides: Sequence[str] = (), seeds: str | None = None,
+                 enable: Sequence[str] = ()) -> list[Config]:
+    """Read configs as the ``tladapt`` commands do: the files (None: the defaults), then
+    ``--enable``, then ``--set`` overrides and ``--seeds``, then validation.
+
+    Which plugins a config enables is decided by its ``[plugins.<name>]`` tables and by
+    ``enable`` alone, so that a baseline stays a baseline:
+
+    * ``enable`` adds an (empty) table for each name to every config that lacks one; a
+      config that names its method (``experiment.method``) gets ``+<name>`` appended, so
+      its runs are never labelled with a method they are not.
+    * An override of ``plugins.<name>.<key>`` applies to the configs that enable
+      ``<name>`` (after ``enable``) and leaves the others alone; it is an error when no
+      config enables it. Overrides of ``plugins`` or ``plugins.<name>`` themselves are
+      errors: they would enable, disable or replace a method.
+    * Every other override applies to every config.
+
+    Args:
+        paths: config files, or None for the built-in defaults (one config each).
+        overrides: ``dotted.key=value`` strings (TOML values), applied in order.
+        seeds: ``--seeds`` text (see :func:`parse_seeds`), or None to keep each config's.
+        enable: plugin names to enable in every config.
+
+    Returns:
+        One validated :class:`Config` per path, in order.
 
     Raises:
-        ConfigError: as :func:`read_toml`, :func:`apply_override` and :func:`build_config`.
+        ConfigError: as :func:`read_toml`, :func:`apply_override` and :func:`build_config`;
+            for a plugin override no config enables (naming the configs and how to
+            enable the plugin) or an override of a whole plugin table.
     """
-    data = read_toml(path) if path is not None else {}
+    raws = [read_toml(path) if path is not None else {} for path in paths]
+    for data in raws:
+        tables = data.setdefault("plugins", {})
+        if not isinstance(tables, dict):
+            continue  # build_config reports it
+        for name in enable:
+            if name in tables:
+                continue
+            tables[name] = {}
+            method = data.get("experiment", {}).get("method") if isinstance(data.get("experiment"), dict) else None
+            if isinstance(method, str) and method:
+                data["experiment"]["method"] = f"{method}+{name}"
     for assignment in overrides:
-        apply_override(data, assignment)
+        key = assignment.partition("=")[0].strip()
+        parts = key.split(".")
+        targets = raws
+        if parts[0] == "plugins":
+            if len(parts) < 3:
+                raise ConfigError(f"--set {key}: an override sets a plugin's option (plugins.NAME.KEY=VALUE) and "
+                                  f"never enables, disables or replaces a plugin; enable one with a "
+                                  f"[plugins.NAME] table in the config or with --enable NAME")
+            name = parts[1]
+            targets = [d for d in raws if isinstance(d.get("plugins"), dict) and name in d["plugins"]]
+            if not targets:
+                configs = ", ".join(_label(p) for p in paths)
+                raise ConfigError(f"--set {key}: no config enables plugin {name!r} ({configs}), and an override "
+                                  f"never switches a plugin on: add a [plugins.{name}] table to the config "
+                                  f"or pass --enable {name}")
+        for data in targets:
+            apply_override(data, assignment)
     if seeds is not None:
-        data.setdefault("experiment", {})["seeds"] = parse_seeds(seeds)
-    return build_config(data)
+        parsed = parse_seeds(seeds)
+        for data in raws:
+            data.setdefault("experiment", {})["seeds"] = parsed
+    configs = []
+    for path, data in zip(paths, raws):
+        try:
+            configs.append(build_config(data))
+        except ConfigError as err:
+            if len(raws) == 1 or path is None:
+                raise
+            raise ConfigError(f"{err} (in {path})") from None
+    return configs
+
+
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = (), seeds: str | None = None,
+                enable: Sequence[str] = ()) -> Config:
+    """Read one config (None: the defaults) as :func:`load_configs` reads each: ``enable``
+    and an override enable plugins the same way (an override never does).
+
+    Raises:
+        ConfigError: as :func:`load_configs`.
+    """
+    return load_configs([path], overrides, seeds, enable)[0]

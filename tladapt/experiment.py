@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Iterable
+from typing import Iterable, Sequence
 
 from tladapt.config import Config, ConfigError, parse_task
 from tladapt.data.augment import resolve_spec
@@ -12,17 +12,24 @@ from tladapt.data.images import is_image_dataset, prepare_images
 from tladapt.data.tasks import check_class_options, load_task
 from tladapt.manager import PluginInfo, available_plugins, make_plugin_manager, resolve_active
 from tladapt.models import check_model
+from tladapt.progress import Progress
 from tladapt.runs import find_checkpoint, new_run_dir, write_json
 from tladapt.trainer import Trainer, keep_best_direction, resolve_device
 from tladapt.validators import available_validators, choose_validators
 
 
-def prepare(config: Config, cli_plugins: Iterable[str] = ()) -> tuple[Config, list[tuple[PluginInfo, dict]]]:
+def prepare(config: Config, plugins: Iterable[str | type] = ()) -> tuple[Config, list[tuple[PluginInfo, dict]]]:
     """Check everything that can be checked before training and resolve the method name.
 
+    Args:
+        config: a validated config; its ``[plugins.<name>]`` tables say which plugins
+            take part.
+        plugins: extra plugins to make available (``-p`` specs or plugin classes); they
+            take part only where the config enables them.
+
     Returns:
-        ``(config with experiment.method filled in and every active plugin's options
-        resolved with their defaults, active plugins with their tables)``.
+        ``(config with experiment.method filled in and every enabled plugin's options
+        resolved with their defaults, enabled plugins with their tables)``.
 
     Raises:
         ConfigError: for unknown plugins or options, an unknown dataset or domain,
@@ -35,8 +42,8 @@ def prepare(config: Config, cli_plugins: Iterable[str] = ()) -> tuple[Config, li
             or an image dataset that cannot be read (its caches are built here, see
             :func:`tladapt.data.images.prepare_images`).
     """
-    plugins, forced = available_plugins(cli_plugins)
-    active = resolve_active(plugins, config.plugins, forced)
+    available, _ = available_plugins(plugins)
+    active = resolve_active(available, config.plugins)
     resolve_device(config.trainer.device)
     if is_image_dataset(config.data.dataset):
         prepare_images(config.data, config.augment, progress=None if config.trainer.progress else False)
@@ -93,8 +100,56 @@ def check_source_free(config: Config, active: list[tuple[PluginInfo, dict]]) -> 
                           "train on: add a source-free plugin (e.g. [plugins.shot]) or data.target_labels_per_class")
 
 
-def run_experiment(config: Config, cli_plugins: Iterable[str] = ()) -> list[dict]:
+def prepare_all(configs: Sequence[Config], plugins: Iterable[str | type] = (),
+                enable: Iterable[str] = ()) -> list[Config]:
+    """:func:`prepare` every config before the first run starts, as ``tladapt run`` does.
+
+    Args:
+        configs: validated configs (``enable`` already applied, see
+            :func:`tladapt.config.load_configs`).
+        plugins: ``-p`` specs or plugin classes to make available.
+        enable: the names passed as ``--enable``, checked to name available plugins.
+
+    Returns:
+        The prepared configs (method names and plugin options resolved), in order.
+
+    Raises:
+        ConfigError: as :func:`prepare`; for a loaded plugin that does not fit the hook
+            contract; for an ``enable`` name that is no available
+            plugin; for a loaded plugin that no config enables (loading is not enabling:
+            the message says how to enable it).
+    """
+    plugins = list(plugins)
+    available, loaded = available_plugins(plugins)
+    make_plugin_manager([(available[name], {}) for name in loaded])  # the hook contract, enabled or not
+    for name in enable:
+        if name not in available:
+            raise ConfigError(f"--enable {name}: no such plugin; available plugins are "
+                              f"{', '.join(sorted(available)) or '(none)'} (load one from a file or module with -p)")
+    prepared = [prepare(config, plugins)[0] for config in configs]
+    for name in loaded:
+        if not any(name in config.plugins for config in prepared):
+            raise ConfigError(f"plugin {name!r} ({available[name].origin}) is loaded but no config enables it: "
+                              f"add a [plugins.{name}] table to the configs that should use it, or pass "
+                              f"--enable {name} to enable it in every config")
+    return prepared
+
+
+def progress_for(configs: Sequence[Config], oracle: bool = False) -> Progress:
+    """One progress display for every run of ``configs`` (tasks x seeds each); shown when every
+    config has ``trainer.progress``; ``oracle`` adds the oracle target accuracy."""
+    runs = sum(len(c.data.tasks) * len(c.experiment.seeds) for c in configs)
+    steps = sum(len(c.data.tasks) * len(c.experiment.seeds) * c.trainer.steps for c in configs)
+    return Progress(runs, steps, enabled=all(c.trainer.progress for c in configs), oracle=oracle)
+
+
+def run_experiment(config: Config, plugins: Iterable[str | type] = (), progress: Progress | None = None) -> list[dict]:
     """Train every task of ``config`` with every seed; one run directory each.
+
+    Args:
+        config: a validated config.
+        plugins: extra plugins to make available (``-p`` specs or classes).
+        progress: the command's progress display; None: one for this experiment.
 
     Returns:
         The runs' results (as in their ``results.json``), in task-then-seed order.
@@ -102,7 +157,9 @@ def run_experiment(config: Config, cli_plugins: Iterable[str] = ()) -> list[dict
     Raises:
         ConfigError: as :func:`prepare`, before any run starts.
     """
-    config, active = prepare(config, cli_plugins)
+    config, active = prepare(config, plugins)
+    own = progress is None
+    progress = progress_for([config]) if own else progress
     results = []
     for task in config.data.tasks:
         source, target = load_task(config.data, task)
@@ -112,5 +169,7 @@ def run_experiment(config: Config, cli_plugins: Iterable[str] = ()) -> list[dict
             write_json(run_dir / "config.json", config.to_dict())
             trainer = Trainer(config, source, target, make_plugin_manager(active), run_dir, seed,
                               source_name=parse_task(task)[0])
-            results.append(trainer.fit())
+            results.append(trainer.fit(progress))
+    if own:
+        progress.close()
     return results

@@ -2,9 +2,11 @@
 
 Plugins come from the entry-point group ``tladapt`` (``name = "pkg.module:Class"``)
 and from ``-p`` on the command line, like pytest: ``-p pkg.module``,
-``-p path/to/file.py`` or either followed by ``:Class``. A plugin found through
-an entry point is *installed*; it takes part in a run when the config has a
-``[plugins.<name>]`` table. A plugin named with ``-p`` always takes part.
+``-p path/to/file.py`` or either followed by ``:Class`` (the Python API also takes
+plugin classes). Loading a plugin and enabling it are separate: an installed or
+``-p`` plugin is *available*; it takes part in a run only when the config enables it
+with a ``[plugins.<name>]`` table (``--enable NAME`` adds that table to every config,
+see :func:`tladapt.config.load_configs`).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import importlib
 import importlib.metadata
 import importlib.util
 import inspect
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,16 +86,23 @@ class PluginInfo:
         return self.cls(validate_dataclass(opts_cls, table, f"plugins.{self.name}"))
 
 
+def _has_hooks(obj) -> bool:
+    return any(hasattr(m, f"{PROJECT}_impl") for _, m in inspect.getmembers(obj, callable))
+
+
 def _plugin_class(module, spec: str, attr: str | None) -> type:
     if attr:
         try:
-            return getattr(module, attr)
+            cls = getattr(module, attr)
         except AttributeError:
             raise ConfigError(f"-p {spec}: module has no attribute {attr!r}") from None
+        if not inspect.isclass(cls) or not _has_hooks(cls):
+            raise ConfigError(f"-p {spec}: {attr} is not a plugin: a plugin is a class with "
+                              f"@tladapt.hookimpl methods (see docs/writing-a-plugin.md)")
+        return cls
     candidates = [
         obj for _, obj in inspect.getmembers(module, inspect.isclass)
-        if obj.__module__ == module.__name__
-        and any(hasattr(m, f"{PROJECT}_impl") for _, m in inspect.getmembers(obj, callable))
+        if obj.__module__ == module.__name__ and _has_hooks(obj)
     ]
     if len(candidates) != 1:
         found = ", ".join(c.__name__ for c in candidates) or "none"
@@ -101,6 +111,12 @@ def _plugin_class(module, spec: str, attr: str | None) -> type:
             f"name one as {spec}:ClassName"
         )
     return candidates[0]
+
+
+def plugin_name(cls: type) -> str:
+    """The name a plugin class given to the Python API goes by: its ``name`` attribute, else
+    its class name in snake case (``EntropyMin`` -> ``entropy_min``)."""
+    return getattr(cls, "name", None) or re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", cls.__name__).lower()
 
 
 def load_cli_plugin(spec: str) -> PluginInfo:
@@ -153,28 +169,38 @@ def installed_plugins() -> dict[str, PluginInfo]:
     return found
 
 
-def available_plugins(cli_specs: Iterable[str] = ()) -> tuple[dict[str, PluginInfo], list[str]]:
-    """Installed plugins plus those named with ``-p``.
+def available_plugins(extra: Iterable[str | type] = ()) -> tuple[dict[str, PluginInfo], list[str]]:
+    """Installed plugins plus those loaded with ``-p`` (specs) or given as classes.
+
+    Loading does not enable: a plugin takes part in a run only when its config has a
+    ``[plugins.<name>]`` table.
 
     Returns:
-        ``(plugins by name, names of the -p plugins)``.
+        ``(plugins by name, names of the loaded extra plugins in order)``.
 
     Raises:
-        ConfigError: when a ``-p`` plugin's name clashes with another plugin.
+        ConfigError: as :func:`load_cli_plugin`; for a class without ``@tladapt.hookimpl``
+            methods; when an extra plugin's name clashes with another plugin.
     """
     plugins = installed_plugins()
-    forced = []
-    for spec in cli_specs:
-        info = load_cli_plugin(spec)
+    loaded = []
+    for spec in extra:
+        if isinstance(spec, str):
+            info = load_cli_plugin(spec)
+        else:
+            if not inspect.isclass(spec) or not _has_hooks(spec):
+                raise ConfigError(f"plugin {spec!r} is not a plugin: a plugin is a class with "
+                                  f"@tladapt.hookimpl methods")
+            info = PluginInfo(plugin_name(spec), spec, f"class {spec.__module__}.{spec.__qualname__}")
         if info.name in plugins:
-            raise ConfigError(f"-p {spec}: plugin name {info.name!r} is taken by {plugins[info.name].origin}")
+            raise ConfigError(f"{info.origin}: plugin name {info.name!r} is taken by {plugins[info.name].origin}")
         plugins[info.name] = info
-        forced.append(info.name)
-    return plugins, forced
+        loaded.append(info.name)
+    return plugins, loaded
 
 
-def resolve_active(plugins: dict[str, PluginInfo], tables: dict[str, dict], forced: Iterable[str] = ()) -> list[tuple[PluginInfo, dict]]:
-    """The plugins taking part in a run, sorted by name, with their option tables.
+def resolve_active(plugins: dict[str, PluginInfo], tables: dict[str, dict]) -> list[tuple[PluginInfo, dict]]:
+    """The plugins a config enables, sorted by name, with their option tables.
 
     Sorting makes a run independent of the order plugins were named in.
 
@@ -185,9 +211,9 @@ def resolve_active(plugins: dict[str, PluginInfo], tables: dict[str, dict], forc
     """
     for name in tables:
         if name not in plugins:
-            raise ConfigError(f"unknown plugin {name!r} in [plugins.{name}]: available plugins are {', '.join(sorted(plugins)) or '(none)'}")
-    names = sorted(set(tables) | set(forced))
-    active = [(plugins[name], tables.get(name, {})) for name in names]
+            raise ConfigError(f"unknown plugin {name!r} in [plugins.{name}]: available plugins are "
+                              f"{', '.join(sorted(plugins)) or '(none)'} (load one from a file or module with -p)")
+    active = [(plugins[name], tables[name]) for name in sorted(tables)]
     make_plugin_manager(active)  # options and hook names are checked now, before any run starts
     return active
 

@@ -108,13 +108,14 @@ _BOUND_ERRORS = {"greater_than", "greater_than_equal", "less_than", "less_than_e
 
 
 class Checked:
-    """Base of dataclasses that validate themselves on construction (the core config
-    sections), so that ``TrainerSection(steps=0)`` raises like ``trainer.steps = 0`` in a
-    file does. Subclasses set ``where``, the config location used in messages.
+    """Base of dataclasses that validate themselves on construction and on every later
+    assignment (the core config sections), so that ``TrainerSection(steps=0)`` and
+    ``section.steps = 0`` raise like ``trainer.steps = 0`` in a file does. Subclasses set
+    ``where``, the config location used in messages.
 
     Raises:
-        ConfigError: from ``__init__`` for a value of the wrong type, outside its
-            bounds or non-finite, naming ``where.key``.
+        ConfigError: from ``__init__`` or an assignment, for a value of the wrong type,
+            outside its bounds or non-finite, naming ``where.key``.
     """
 
     where: typing.ClassVar[str] = ""
@@ -125,9 +126,16 @@ class Checked:
             value, found = check_value(type(self), f.name, getattr(self, f.name), self.where)
             problems += found
             if not found:
-                setattr(self, f.name, value)
+                object.__setattr__(self, f.name, value)
         if problems:
             raise ConfigError("invalid config value: " + "; ".join(problems))
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in self.__dict__ and name in self.__dataclass_fields__:  # a field set again after __init__
+            value, problems = check_value(type(self), name, value, self.where)
+            if problems:
+                raise ConfigError("invalid config value: " + "; ".join(problems))
+        object.__setattr__(self, name, value)
 
 
 def validate_dataclass(cls: type, data: dict[str, Any], where: str):

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
-import torch
+from typing import TYPE_CHECKING, NamedTuple
 
 from tladapt.options import option
+
+if TYPE_CHECKING:  # annotations only: importing tladapt must not import torch
+    import torch
 
 __all__ = ["Term", "option"]
 

@@ -7,6 +7,7 @@ optimizer over them, computes the source classification loss, and evaluates.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 from dataclasses import dataclass
@@ -17,7 +18,6 @@ import pluggy
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
 from tladapt.config import Config, ConfigError
 from tladapt.data.augment import attach
@@ -28,6 +28,7 @@ from tladapt.errors import PluginError, TrainingDiverged
 from tladapt.manager import call_each
 from tladapt.models import build_backbone
 from tladapt.plugin import Term
+from tladapt.progress import Progress
 from tladapt.runs import RunLogger, find_checkpoint, save_checkpoint, write_json
 from tladapt.validators import RunValidators, available_validators, better, choose_validators, tag_direction
 from tladapt.threads import choose_threads, run_threads, step_flops
@@ -110,7 +111,7 @@ class Trainer:
     own head for a target task with other classes), ``classes`` (head name -> class
     names, None for a head nothing trains), ``modules``, ``feature_dim``,
     ``num_classes`` (the target head's classes), ``step``, ``progress``,
-    ``add_module`` and ``log``.
+    ``add_module``, ``log`` (per-step scalars) and ``histogram`` (whole-dataset tensors).
     """
 
     def __init__(self, config: Config, source: Domain | None, target: Domain, pm: pluggy.PluginManager,
@@ -269,6 +270,12 @@ class Trainer:
         """Log a per-step scalar under ``tag``; averaged over ``log_every`` steps, no host sync."""
         self.logger.log(tag, value)
 
+    def histogram(self, tag: str, values: torch.Tensor) -> None:
+        """Write a TensorBoard histogram of ``values`` (any shape, flattened) under ``tag`` at the
+        current step. It reads ``values`` to the host: call it from whole-dataset hooks
+        (``tladapt_fit_start``, ``tladapt_evaluate``, ``tladapt_fit_end``), not every step."""
+        self.logger.histogram(tag, values, self.step + 1)
+
     # ------------------------------------------------------------------ training
     def forward(self, batch: Batch) -> Outputs:
         """One backbone + head pass over the concatenated source, target (and labelled
@@ -400,22 +407,31 @@ class Trainer:
             self.best = {"tag": tag, "direction": self.keep_best_direction, "step": record["step"], "value": value}
             save_checkpoint(self.run_dir / "best.pt", self.state_dict())
 
-    def fit(self) -> dict:
+    def fit(self, progress: Progress | None = None) -> dict:
         """Run the whole training; return the results written to ``results.json``.
 
         Runs with the run's intra-op thread count (``self.threads``), restored afterwards.
+
+        Args:
+            progress: the command's progress display (:class:`tladapt.progress.Progress`);
+                None: one of this run's own (when ``trainer.progress``).
         """
         cfg = self.config.trainer
+        own = progress is None
+        if own:
+            progress = Progress(1, cfg.steps, enabled=cfg.progress)
+        progress.start_run(f"{self.source_name}->{self.target.name}", self.config.experiment.method, self.seed)
         with run_threads(self.threads.threads):
             self.start()
-            bar = tqdm(range(cfg.steps), disable=None if cfg.progress else True, leave=False,
-                       desc=f"{self.source_name}->{self.target.name} seed {self.seed}")
-            for _ in bar:
+            for _ in range(cfg.steps):
                 self.advance()
-                if self.history and self.history[-1]["step"] == self.steps_done and "oracle/target_acc" in self.history[-1]:
-                    bar.set_postfix(target_acc=f"{self.history[-1]['oracle/target_acc']:.1f}")
-            bar.close()
-            return self.finish()
+                evaluated = self.history and self.history[-1]["step"] == self.steps_done
+                progress.step(self.history[-1] if evaluated else None)
+            results = self.finish()
+        progress.end_run(results["final"])
+        if own:
+            progress.close()
+        return results
 
     def finish(self) -> dict:
         """``tladapt_fit_end``, then ``results.json``, the checkpoint and the hparams entry."""
@@ -445,6 +461,7 @@ class Trainer:
         headline = {k: v for k, v in self.history[-1].items() if k == "oracle/target_acc" or k.startswith("metrics/")}
         self.logger.hparams(self._hparams(), headline)
         self.logger.close()
+        self.modules.eval()  # a trained model is used for inference from here on
         return results
 
     # ------------------------------------------------------------------ evaluation
@@ -493,10 +510,11 @@ class Trainer:
         }
 
     def _hparams(self) -> dict:
-        flat = {}
+        flat = {"task": f"{self.source_name}->{self.target.name}"}  # this run's task, not the experiment's list
         for section in ("data", "model", "trainer"):
-            for key, value in getattr(self.config, section).__dict__.items():
-                flat[f"{section}.{key}"] = value
+            for key, value in dataclasses.asdict(getattr(self.config, section)).items():
+                if (section, key) != ("data", "tasks"):
+                    flat[f"{section}.{key}"] = value
         for plugin, table in self.config.plugins.items():
             for key, value in table.items():
                 flat[f"plugins.{plugin}.{key}"] = value

@@ -1,7 +1,7 @@
 """Target entropy minimisation as a tladapt plugin (Grandvalet & Bengio, NIPS 2005).
 
 Run it without installing anything:
-    tladapt run -p docs/examples/entropy_min.py --set plugins.entropy_min.weight=0.1
+    tladapt run -p docs/examples/entropy_min.py --enable entropy_min --set plugins.entropy_min.weight=0.1
 """
 
 from dataclasses import dataclass

@@ -14,9 +14,31 @@ from tladapt.errors import ConfigError, PluginError, TrainingDiverged
 COMMANDS = (run, plugins, datasets, table, select, sweep, distance, advise)
 
 
+class _Version(argparse.Action):
+    """``--version``: tladapt's, Python's and torch's versions (read from package metadata, so
+    torch is not imported)."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        import importlib.metadata
+        import platform
+
+        import tladapt
+
+        try:
+            torch_version = importlib.metadata.version("torch")
+        except importlib.metadata.PackageNotFoundError:
+            torch_version = "not installed"
+        print(f"tladapt {tladapt.__version__} (Python {platform.python_version()}, torch {torch_version})")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``tladapt`` command."""
     parser = argparse.ArgumentParser(prog="tladapt", description="Domain-adaptation experiments with plugins.")
+    parser.add_argument("--version", action=_Version, help="print the versions of tladapt, Python and torch")
     sub = parser.add_subparsers(dest="command", required=True)
     for command in COMMANDS:
         command.add_parser(sub)

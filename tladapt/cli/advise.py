@@ -8,7 +8,7 @@ import sys
 from tabulate import tabulate
 
 from tladapt.cli.args import add_set_arg
-from tladapt.config import load_config
+from tladapt.cli.output import significant
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -29,6 +29,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def main(args) -> int:
     """Run ``tladapt advise``; returns the exit status."""
+    from tladapt.config import load_config
     from tladapt.transfer import REGIMES, advise_task, pretrain_source, regimes_table, run_regimes
 
     config = load_config(args.config, args.set, args.seeds)
@@ -41,8 +42,8 @@ def main(args) -> int:
                       if v is not None}  # unset: the defaults of tladapt.transfer
         a = advise_task(config, task, sources[task], **thresholds)
         print(f"## {task}")
-        print(tabulate([[layer, f"{d['pad']:.3f}", f"{d['mmd']:.5f}"] for layer, d in a["distances"].items()],
-                       headers=["layer", "proxy A-distance", "MMD^2"], tablefmt="github"))
+        print(tabulate([[layer, significant(d["pad"]), significant(d["mmd"])] for layer, d in a["distances"].items()],
+                       headers=["layer", "proxy A-distance", "MMD^2"], tablefmt="github", disable_numparse=True))
         print(f"\nlabelled target samples per class: {a['labels_per_class']:.1f} "
               f"(data.target_labels_per_class = {config.data.target_labels_per_class})")
         print(f"decision layer: {a['decision_layer']}; earlier layer for regime 3: {a['early_layer']}")

@@ -7,7 +7,7 @@ import argparse
 from tabulate import tabulate
 
 from tladapt.cli.args import add_set_arg
-from tladapt.config import load_config
+from tladapt.cli.output import significant
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -24,6 +24,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def main(args) -> int:
     """Run ``tladapt distance``; returns the exit status."""
+    from tladapt.config import load_config
     from tladapt.transfer import candidate_layers, layer_distances, load_model
 
     config = load_config(args.config, args.set)
@@ -36,6 +37,10 @@ def main(args) -> int:
     rows = []
     for task in config.data.tasks:
         for layer, d in layer_distances(config, task, layers, args.init_from).items():
-            rows.append([task, layer, f"{d['pad']:.3f}", f"{d['mmd']:.5f}"])
-    print(tabulate(rows, headers=["task", "layer", "proxy A-distance", "MMD^2"], tablefmt="github"))
+            rows.append([task, layer, significant(d["pad"]), significant(d["mmd"])])
+    print(tabulate(rows, headers=["task", "layer", "proxy A-distance", "MMD^2"], tablefmt="github",
+                   disable_numparse=True))
+    if any(row[2] == "0" for row in rows):
+        print("\nproxy A-distance 0: the domain classifier did no better than chance on held-out samples "
+              "(2 (1 - 2 error) is clipped at 0)")
     return 0

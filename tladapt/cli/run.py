@@ -7,8 +7,7 @@ import json
 import sys
 from importlib import resources
 
-from tladapt.cli.args import add_plugin_arg, add_set_arg
-from tladapt.config import load_config
+from tladapt.cli.args import add_enable_arg, add_plugin_arg, add_set_arg
 
 DEFAULT_CONFIGS = ("default.toml", "default_dann.toml")
 
@@ -27,28 +26,31 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--runs-dir", help="root of the run directories (default: experiment.runs_dir, 'runs')")
     run.add_argument("--init-from", metavar="RUN_DIR", help="start backbone and head from this run (model.init_from)")
     add_plugin_arg(run)
+    add_enable_arg(run)
+    run.add_argument("--show-oracle", action="store_true",
+                     help="also show the oracle target accuracy (it reads target labels) while training")
     run.set_defaults(func=main)
 
 
 def main(args) -> int:
     """Run ``tladapt run``; returns the exit status."""
-    from tladapt.experiment import prepare, run_experiment
+    from tladapt.config import load_configs
+    from tladapt.experiment import prepare_all, progress_for, run_experiment
     from tladapt.tables import build_table, render_table
 
     paths = args.configs or _default_config_paths()
     overrides = args.set + ([f"model.init_from={json.dumps(args.init_from)}"] if args.init_from else [])
-    configs = [load_config(path, overrides, args.seeds) for path in paths]
-    if args.runs_dir:
-        for config in configs:
-            config.experiment.runs_dir = args.runs_dir
-    for config in configs:  # every config is checked before the first run starts
-        prepare(config, args.plugin)
+    overrides += [f"experiment.runs_dir={json.dumps(args.runs_dir)}"] if args.runs_dir else []
+    configs = load_configs(paths, overrides, args.seeds, args.enable)
+    configs = prepare_all(configs, args.plugin, args.enable)  # every config is checked before the first run
     if not args.configs:
         print("No config given: running the bundled default experiment "
               f"({', '.join(DEFAULT_CONFIGS)}) on real data.", file=sys.stderr)
     results = []
+    progress = progress_for(configs, oracle=args.show_oracle)
     for config in configs:
-        results += run_experiment(config, args.plugin)
+        results += run_experiment(config, args.plugin, progress)
+    progress.close()
     print(render_table(build_table(results)))
     print(f"\nRun directories (TensorBoard: tensorboard --logdir {configs[0].experiment.runs_dir}):")
     for r in results:

@@ -37,12 +37,15 @@ import importlib
 import importlib.resources
 import io
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
-from tladapt.data.augment import ImageFormat
-from tladapt.data.domain import Domain
+if TYPE_CHECKING:  # torch is imported where a domain is built, so listing datasets stays fast
+    import torch
+
+    from tladapt.data.augment import ImageFormat
+    from tladapt.data.domain import Domain
 
 __all__ = ["DatasetInfo", "DATASETS", "load_domain", "describe_datasets"]
 
@@ -94,9 +97,23 @@ def _surf_reference() -> dict[tuple[str, str], float]:
 
 _DIGIT_NAMES = tuple(str(d) for d in range(10))
 
-#: The bundled ``digits`` are image domains: floats in [0, 1], no normalisation, and
-#: ``augment.train = "auto"`` leaves them unaugmented (their exact published inputs).
-DIGITS_FORMAT = ImageFormat(max_value=1.0, mean=None, std=None, augment=False, crop_fraction=1.0)
+
+@functools.cache
+def _digits_format() -> ImageFormat:
+    from tladapt.data.augment import ImageFormat
+
+    return ImageFormat(max_value=1.0, mean=None, std=None, augment=False, crop_fraction=1.0)
+
+
+def __getattr__(name: str):
+    """``DIGITS_FORMAT``: the bundled ``digits`` are image domains: floats in [0, 1], no
+    normalisation, and ``augment.train = "auto"`` leaves them unaugmented (their exact
+    published inputs). Made on first use (PEP 562): :class:`tladapt.data.augment.ImageFormat`
+    imports torch, and reading the registry must not."""
+    if name == "DIGITS_FORMAT":
+        return _digits_format()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 #: Every bundled benchmark, by name. Values are :class:`DatasetInfo`.
 DATASETS: dict[str, DatasetInfo] = {
@@ -290,6 +307,8 @@ def _preprocess(dataset: str, domain: str, x: np.ndarray) -> np.ndarray:
     if dataset == "digits":
         if domain == "mnist":
             return x.astype(np.float64).reshape(n, 1, 28, 28) / 255.0
+        import torch
+
         small = torch.from_numpy(x.astype(np.float64).reshape(n, 1, 16, 16))
         big = torch.nn.functional.interpolate(
             small, size=(28, 28), mode="bilinear", align_corners=False
@@ -318,6 +337,8 @@ def _check_names(dataset: str, domain: str) -> DatasetInfo:
 
 
 def _load_user_domain(spec: str, domain: str) -> Domain:
+    from tladapt.data.domain import Domain
+
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
         raise ValueError(f"dataset {spec!r}: a user dataset must be written 'package.module:function'")
@@ -336,7 +357,7 @@ def _load_user_domain(spec: str, domain: str) -> Domain:
     return result
 
 
-def load_domain(dataset: str, domain: str, dtype: torch.dtype = torch.float32, images=None) -> Domain:
+def load_domain(dataset: str, domain: str, dtype: torch.dtype | None = None, images=None) -> Domain:
     """Load one domain of a bundled benchmark, preprocessed as the benchmark's papers do.
 
     Args:
@@ -347,7 +368,7 @@ def load_domain(dataset: str, domain: str, dtype: torch.dtype = torch.float32, i
             ``"image_folder:/root"`` or ``"image_list:/root"``: an image dataset
             (:func:`tladapt.data.images.load_image_domain`; ``dtype`` not applied).
         domain: one of ``DATASETS[dataset].domains``.
-        dtype: floating dtype of the returned ``x``. Preprocessing is always done
+        dtype: floating dtype of the returned ``x`` (None: ``torch.float32``). Preprocessing is always done
             in float64 numpy and cast at the end, so ``torch.float64`` gives the
             exact values behind the published 1-NN numbers.
         images: :class:`tladapt.data.images.ImageOptions` for image datasets
@@ -392,6 +413,11 @@ def load_domain(dataset: str, domain: str, dtype: torch.dtype = torch.float32, i
         return load_image_domain(ImageDataset.parse(dataset), domain, images or ImageOptions())
     if ":" in dataset:
         return _load_user_domain(dataset, domain)
+    import torch
+
+    from tladapt.data.domain import Domain
+
+    dtype = torch.float32 if dtype is None else dtype
     info = _check_names(dataset, domain)
     if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
         raise ValueError(f"dtype must be a floating torch dtype, got {dtype!r}")
@@ -402,7 +428,7 @@ def load_domain(dataset: str, domain: str, dtype: torch.dtype = torch.float32, i
         x=torch.tensor(x, dtype=dtype),  # torch.tensor always copies
         y=torch.tensor(y, dtype=torch.int64),
         classes=info.classes,
-        image=DIGITS_FORMAT if dataset == "digits" else None,
+        image=_digits_format() if dataset == "digits" else None,
     )
 
 
