@@ -109,7 +109,7 @@ def test_a_loaded_plugin_no_config_enables_is_an_error(tmp_path, configs, capsys
 def test_enable_of_an_unknown_plugin_is_an_error(tmp_path, configs, capsys):
     assert main(["run", *configs("source_only"), "--enable", "entropy_mni", "--runs-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err
-    assert "--enable entropy_mni: no such plugin; available plugins are coral, dann" in err
+    assert "--enable entropy_mni: no such plugin; available plugins are " in err and ", dann, " in err
     assert not list(tmp_path.rglob("config.json"))
 
 
@@ -125,3 +125,26 @@ def test_p_class_without_hooks_is_refused(tmp_path, configs, capsys):
     assert not out.exists()
     assert main(["plugins", "-p", f"{plugin}:Real"]) == 0
     assert "hooks: tladapt_setup" in capsys.readouterr().out
+
+
+def test_a_plugin_that_only_measures_takes_part_once_loaded_and_names_no_method(tmp_path, configs):
+    plugin = tmp_path / "confidence.py"
+    plugin.write_text('''import tladapt
+from tladapt.validators import Validator
+
+class Confidence(Validator):
+    name, direction = "confidence", "max"
+    def __call__(self, out):
+        return float(out.target_probs.max(1).values.mean())
+
+class Validators:
+    @tladapt.hookimpl
+    def tladapt_validators(self):
+        return [Confidence()]
+''')
+    out = tmp_path / "runs"
+    assert main(["run", *configs("source_only", "dann"), "-p", str(plugin), "--runs-dir", str(out)]) == 0
+    found = runs(out)
+    assert set(found) == {"source_only", "dann"} and found["source_only"]["plugins"] == {}
+    for results in out.rglob("results.json"):
+        assert "validator/confidence" in json.loads(results.read_text())["final"]

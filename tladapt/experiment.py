@@ -74,9 +74,11 @@ def prepare(config: Config, plugins: Iterable[str | type] = ()) -> tuple[Config,
         available_validators(pm), config.validation.validators,
         config.data.source_val_fraction > 0 and config.data.source_labels and not config.data.source_free)}
     keep_best_direction(config.trainer.keep_best, directions)
-    method = config.experiment.method or "+".join(info.name for info, _ in active) or "source_only"
+    enabled = [(info, table) for info, table in active if info.name in config.plugins]  # not the measuring ones
+    method = config.experiment.method or "+".join(info.name for info, _ in enabled if not info.measures_only) \
+        or "source_only"
     config = dataclasses.replace(config, experiment=dataclasses.replace(config.experiment, method=method),
-                                 plugins={info.name: info.resolve(table) for info, table in active})
+                                 plugins={info.name: info.resolve(table) for info, table in enabled})
     return config, active
 
 
@@ -128,7 +130,7 @@ def prepare_all(configs: Sequence[Config], plugins: Iterable[str | type] = (),
                               f"{', '.join(sorted(available)) or '(none)'} (load one from a file or module with -p)")
     prepared = [prepare(config, plugins)[0] for config in configs]
     for name in loaded:
-        if not any(name in config.plugins for config in prepared):
+        if not available[name].measures_only and not any(name in config.plugins for config in prepared):
             raise ConfigError(f"plugin {name!r} ({available[name].origin}) is loaded but no config enables it: "
                               f"add a [plugins.{name}] table to the configs that should use it, or pass "
                               f"--enable {name} to enable it in every config")

@@ -6,7 +6,9 @@ and from ``-p`` on the command line, like pytest: ``-p pkg.module``,
 plugin classes). Loading a plugin and enabling it are separate: an installed or
 ``-p`` plugin is *available*; it takes part in a run only when the config enables it
 with a ``[plugins.<name>]`` table (``--enable NAME`` adds that table to every config,
-see :func:`tladapt.config.load_configs`).
+see :func:`tladapt.config.load_configs`). A plugin that only measures runs (it
+implements nothing but ``tladapt_validators``) cannot change what is trained: it takes
+part in every run once available and is no part of the method's name.
 """
 
 from __future__ import annotations
@@ -29,6 +31,9 @@ from tladapt.errors import ConfigError, PluginError
 from tladapt.options import validate_dataclass
 
 PROJECT = "tladapt"
+
+#: Hooks that only measure a run; a plugin implementing nothing else needs no enabling.
+MEASURING_HOOKS = frozenset({"tladapt_validators"})
 
 
 @dataclass(frozen=True)
@@ -58,6 +63,13 @@ class PluginInfo:
             name for name, member in inspect.getmembers(self.cls)
             if callable(member) and hasattr(member, f"{PROJECT}_impl")
         )
+
+    @property
+    def measures_only(self) -> bool:
+        """True for a plugin whose only hooks measure runs (:data:`MEASURING_HOOKS`, i.e.
+        it contributes validators): it cannot change what is trained, so it takes part in
+        every run once available and is no part of a method's name."""
+        return bool(self.hooks) and set(self.hooks) <= MEASURING_HOOKS
 
     def resolve(self, table: dict[str, Any]) -> dict[str, Any]:
         """The plugin's full options (defaults filled in) for a config table, as plain data.
@@ -200,7 +212,9 @@ def available_plugins(extra: Iterable[str | type] = ()) -> tuple[dict[str, Plugi
 
 
 def resolve_active(plugins: dict[str, PluginInfo], tables: dict[str, dict]) -> list[tuple[PluginInfo, dict]]:
-    """The plugins a config enables, sorted by name, with their option tables.
+    """The plugins taking part in a run, sorted by name, with their option tables: those the
+    config enables, plus every available plugin that only measures
+    (:attr:`PluginInfo.measures_only`, e.g. one that contributes validators).
 
     Sorting makes a run independent of the order plugins were named in.
 
@@ -213,7 +227,8 @@ def resolve_active(plugins: dict[str, PluginInfo], tables: dict[str, dict]) -> l
         if name not in plugins:
             raise ConfigError(f"unknown plugin {name!r} in [plugins.{name}]: available plugins are "
                               f"{', '.join(sorted(plugins)) or '(none)'} (load one from a file or module with -p)")
-    active = [(plugins[name], tables[name]) for name in sorted(tables)]
+    names = sorted(set(tables) | {name for name, info in plugins.items() if info.measures_only})
+    active = [(plugins[name], tables.get(name, {})) for name in names]
     make_plugin_manager(active)  # options and hook names are checked now, before any run starts
     return active
 

@@ -13,7 +13,6 @@ from typing import Literal
 
 import numpy as np
 import pandas as pd
-from scipy.stats import rankdata
 
 from tladapt.errors import ConfigError
 
@@ -166,6 +165,8 @@ def weighted_spearman(scores: np.ndarray, accuracies: np.ndarray, power: float =
     if not finite.any():
         return float("nan")
     s[~finite] = s[finite].min()
+    from scipy.stats import rankdata  # scipy.stats takes seconds to import: only when correlating
+
     dense = rankdata(s, method="dense")
     w = (dense / dense.max()) ** power
 
