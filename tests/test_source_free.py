@@ -43,7 +43,7 @@ def test_a_source_free_run_never_loads_or_sees_source_data(fast_config, source_r
     original = tasks.load_domain
     monkeypatch.setattr(tasks, "load_domain", lambda ds, name, **kw: loaded.append(name) or original(ds, name, **kw))
     (tmp_path / "spy.py").write_text(SPY)
-    config = fast_config("data.source_free=true", f"model.init_from='{source_run}'")
+    config = fast_config("data.source_free=true", f"model.init_from='{source_run}'", "plugins.spy={}")
     [result] = run_experiment(config, [str(tmp_path / "spy.py")])
     seen = sys.modules["tladapt_cli_plugin_spy"].SEEN
     assert loaded == ["dslr"]  # the target only

@@ -92,12 +92,13 @@ def check_source_free(config: Config, active: list[tuple[PluginInfo, dict]]) -> 
         ConfigError: naming every active plugin that does not declare it; or when no
             plugin is active and no target sample is labelled (nothing to train on).
     """
-    needs_source = [info.name for info, table in active if not getattr(info.make(table), "source_free", False)]
+    needs_source = [info.name for info, table in active
+                    if not info.measures_only and not getattr(info.make(table), "source_free", False)]
     if needs_source:
         raise ConfigError(
             f"data.source_free = true, but plugin(s) {', '.join(needs_source)} need source data (they do not declare "
             f"source_free = True): remove their [plugins.*] tables or set data.source_free = false")
-    if not active and config.data.target_labels_per_class == 0:
+    if all(info.measures_only for info, _ in active) and config.data.target_labels_per_class == 0:
         raise ConfigError("data.source_free = true with no plugin and no labelled target sample leaves nothing to "
                           "train on: add a source-free plugin (e.g. [plugins.shot]) or data.target_labels_per_class")
 
