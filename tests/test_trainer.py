@@ -179,6 +179,7 @@ def test_plugins_never_see_target_labels(fast_config):
         @tladapt.hookimpl
         def tladapt_losses(self, batch):
             seen["batch_fields"] = {k for k, v in vars(batch).items() if v is not None}
+            seen["extra"] = batch.extra  # extra labelled domains (multi-task): none here
 
         @tladapt.hookimpl
         def tladapt_evaluate(self, metrics, target_labels):
@@ -186,7 +187,8 @@ def test_plugins_never_see_target_labels(fast_config):
 
     make_trainer(fast_config(), [("spy", Spy, {})]).fit()
     assert seen["target_y"] is None
-    assert seen["batch_fields"] == {"x_s", "y_s", "idx_s", "x_t", "idx_t", "rows_s", "rows_t"}  # no y_t
+    assert seen["batch_fields"] == {"x_s", "y_s", "idx_s", "x_t", "idx_t", "rows_s", "rows_t", "extra"}  # no y_t
+    assert seen["extra"] == {}
     assert seen["oracle"] == (157,)  # only evaluation sees the hidden labels (dslr has 157)
 
 

@@ -58,6 +58,8 @@ class DataSection(Checked):
     target_classes: list[str | int] = option(
         [], "keep only these target classes; classes outside the source's make a different target task "
             "with its own head (needs target_labels_per_class > 0); empty: all")
+    source_labels_per_class: int = option(
+        0, "keep only k labelled source training samples per class (a few-shot source task); 0: all", ge=0)
     source_labels: bool = option(
         True, "false: the source is unlabelled (its labels are dropped at load: self-taught or "
               "unsupervised pre-training; a plugin supplies the loss)")
@@ -108,6 +110,9 @@ class ModelSection(Checked):
                                    "vectors, lenet for images)")
     hidden: list[int] = option([256], "mlp hidden sizes; the last is the feature dimension", gt=0)
     dropout: float = option(0.5, "dropout probability in the backbone", ge=0, lt=1)
+    shared_head: bool = option(
+        True, "one head for source and target when the target's classes are the source's; false: a head per "
+              "domain (multi-task learning)")
     init_from: str = option("", "a run directory (or checkpoint.pt, or a folder of seed<k>-* runs) whose backbone "
                                 "and head start this run; may hold {source}, {target}, {task}, {seed}")
     weights: str = option("", "torchvision backbones: a state-dict file, or a torchvision weights name (DEFAULT, "

@@ -10,7 +10,8 @@ instance lives for one run (one task and seed), so it may keep per-run state.
 Call order for one run::
 
     tladapt_validators -> tladapt_setup -> tladapt_fit_start
-    per step:  tladapt_source_weights -> tladapt_losses -> (backward, optimizer step)
+    per step:  tladapt_source_weights -> tladapt_losses -> tladapt_balance_losses
+               -> (backward, optimizer step)
                -> tladapt_step_end
     every eval_every steps and at the end:  the validators' scores, then tladapt_evaluate
     tladapt_fit_end
@@ -101,6 +102,27 @@ def tladapt_losses(trainer, batch, out):
         as ``loss/<name>``. Two plugins returning the same name is an error that
         names both plugins. Nothing here may force a host sync (no ``.item()``);
         log per-step diagnostics with ``trainer.log(tag, tensor)``.
+    """
+
+
+@hookspec
+def tladapt_balance_losses(trainer, terms):
+    """Re-weight this step's loss terms (multi-task loss balancing).
+
+    Called after ``tladapt_losses`` with every term of the step: the trainer's
+    ``source`` and ``target`` and each plugin's. For schemes that weigh the terms from
+    the step itself, e.g. uncertainty weighting (Kendall, Gal & Cipolla, CVPR 2018) or
+    GradNorm (Chen et al., ICML 2018). At most one active plugin may implement it.
+
+    Args:
+        trainer: the run's trainer.
+        terms: ``{name: tladapt.Term}``, a copy (changing it changes nothing).
+
+    Returns:
+        None, or ``{name: Term}``: for an existing name a Term with the **same value
+        tensor** and a new weight (a float or a 0-dim tensor, which may carry a gradient:
+        the weight is then learnt), for a new name an extra term (e.g. a regulariser).
+        Anything else is an error naming the plugin.
     """
 
 

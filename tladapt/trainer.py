@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +47,9 @@ class Outputs:
         logits_t: classifier logits of the target batch, ``(b, num_classes)``.
         features_l, logits_l: the same for the labelled target batch
             (``data.target_labels_per_class > 0``), else None.
+        features_extra: backbone features ``(b_e, feature_dim)`` of each extra labelled
+            domain's batch (:meth:`Trainer.add_domain`), by name; the plugin that added a
+            domain applies its own head.
     """
 
     features_s: torch.Tensor | None
@@ -55,6 +58,7 @@ class Outputs:
     logits_t: torch.Tensor
     features_l: torch.Tensor | None = None
     logits_l: torch.Tensor | None = None
+    features_extra: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -152,7 +156,8 @@ class Trainer:
             splits.shared_head and (self.source is None or self.source.y is not None))
         self.classes: dict[str, tuple[str, ...] | None] = {"head": self.target.classes if trained else None}
         self.source_head = self.head
-        if self.source is not None and self.source.y is not None and not splits.shared_head:  # a different target task: a head per label set
+        if self.source is not None and self.source.y is not None and not (splits.shared_head and m.shared_head):
+            # a head per label set (a different target task) or per task (model.shared_head = false)
             self.source_head = self.modules["source_head"] = nn.Linear(self.feature_dim, len(self.source.classes))
             self.classes["source_head"] = self.source.classes
         self.modules.to(self.device)
@@ -172,7 +177,10 @@ class Trainer:
         self.best: dict | None = None
         self.logger = RunLogger(self.run_dir)
 
+        self.extra_domains: dict[str, Domain] = {}
         pm.hook.tladapt_setup(trainer=self)
+        if self.extra_domains:
+            self.pipeline = self._make_pipeline()
         groups = self._param_groups()
         if cfg.optimizer == "sgd":
             self.optimizer = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
@@ -195,7 +203,7 @@ class Trainer:
     def _make_pipeline(self) -> PairedPipeline:
         cfg = self.config.trainer
         return PairedPipeline(self.source, self.target, cfg.batch_size, self.seed, cfg.replacement,
-                              labelled=self.target_labelled)
+                              labelled=self.target_labelled, extra=getattr(self, "extra_domains", None))
 
     def _param_groups(self) -> list[dict]:
         """One optimizer group per learning-rate multiplier key.
@@ -266,6 +274,29 @@ class Trainer:
         self._lr_mult[name] = lr_mult
         return self.modules[name]
 
+    def add_domain(self, name: str, domain: Domain) -> Domain:
+        """Register an extra labelled domain: each step's batch then holds
+        ``min(trainer.batch_size, len(domain))`` of its samples (``batch.extra[name]``, drawn
+        without replacement by epochs, seeded by the run) and the trainer's one forward pass
+        gives their features (``out.features_extra[name]``). For multi-task learning and any
+        method that trains on more than two domains; the plugin owns the domain's head and loss.
+
+        Call from ``tladapt_setup``. Returns the domain on the training device.
+
+        Raises:
+            ValueError: if ``name`` is registered already, the domain has no labels, or its
+                input shape is not the source's.
+        """
+        if name in self.extra_domains:
+            raise ValueError(f"domain {name!r} is already registered; extra domains are {', '.join(self.extra_domains)}")
+        if domain.y is None:
+            raise ValueError(f"extra domain {name!r} has no labels: add_domain takes labelled domains")
+        if domain.input_shape != self.target.input_shape:
+            raise ValueError(f"extra domain {name!r} has input shape {domain.input_shape}, expected the task's "
+                             f"{self.target.input_shape}")
+        self.extra_domains[name] = domain.to(self.device)
+        return self.extra_domains[name]
+
     def log(self, tag: str, value: torch.Tensor | float) -> None:
         """Log a per-step scalar under ``tag``; averaged over ``log_every`` steps, no host sync."""
         self.logger.log(tag, value)
@@ -278,10 +309,10 @@ class Trainer:
 
     # ------------------------------------------------------------------ training
     def forward(self, batch: Batch) -> Outputs:
-        """One backbone + head pass over the concatenated source, target (and labelled
-        target) batches; a source-free run has no source part. With ``model.batchnorm =
+        """One backbone + head pass over the concatenated source, target, labelled target and
+        extra-domain batches; a source-free run has no source part. With ``model.batchnorm =
         "separate"`` one backbone pass per part (per-domain BatchNorm statistics)."""
-        parts = (batch.x_s, batch.x_t, batch.x_l)
+        parts = (batch.x_s, batch.x_t, batch.x_l, *(e.x for e in batch.extra.values()))
         sizes = [0 if x is None else x.shape[0] for x in parts]
         present = [self._layout(x) for x in parts if x is not None]
         if self.config.model.batchnorm == "separate":
@@ -289,22 +320,26 @@ class Trainer:
         else:
             features = self.backbone(torch.cat(present))
         features = features.float()  # under bf16 autocast the network's outputs are bfloat16: plugins get float32
-        f_s, f_t, f_l = features.split(sizes)
+        f_s, f_t, f_l, *f_extra = features.split(sizes)
         if self.source_head is self.head:
-            z_s, z_t, z_l = self.head(features).split(sizes)
-        else:  # a different target task: the source batch goes through the source's own head
-            z_s, (z_t, z_l) = self.source_head(f_s), self.head(features[sizes[0]:]).split(sizes[1:])
+            z_s, z_t, z_l = self.head(torch.cat([f_s, f_t, f_l])).split(sizes[:3])
+        else:  # a head per label set (or per task): the source batch goes through the source's own head
+            z_s, (z_t, z_l) = self.source_head(f_s), self.head(torch.cat([f_t, f_l])).split(sizes[1:3])
         z_s, z_t, z_l = z_s.float(), z_t.float(), z_l.float()
         keep = lambda x, part: None if x is None else part  # noqa: E731
-        return Outputs(keep(batch.x_s, f_s), f_t, keep(batch.x_s, z_s), z_t, keep(batch.x_l, f_l), keep(batch.x_l, z_l))
+        return Outputs(keep(batch.x_s, f_s), f_t, keep(batch.x_s, z_s), z_t, keep(batch.x_l, f_l), keep(batch.x_l, z_l),
+                       features_extra=dict(zip(batch.extra, f_extra)))
 
     def losses(self, batch: Batch, out: Outputs) -> dict[str, Term]:
-        """The source loss and every plugin's terms for one step, by name.
+        """The source loss and every plugin's terms for one step, by name, as weighted by
+        a ``tladapt_balance_losses`` plugin if one is active.
 
         Raises:
             PluginError: if two plugins return source weights, two plugins return
-                the same loss name (both named), or a plugin returns something that
-                is not a ``{name: Term}`` dict.
+                the same loss name (both named), a plugin returns something that
+                is not a ``{name: Term}`` dict, two plugins balance the terms, or a
+                balancing plugin changes a term's value.
+            ConfigError: if there is no term at all.
         """
         hook = self.pm.hook
         weights = call_each(hook.tladapt_source_weights, trainer=self, batch=batch)
@@ -329,6 +364,20 @@ class Trainer:
                 if not isinstance(term, Term):
                     raise PluginError(f"plugin {plugin!r}: loss term {name!r} must be a tladapt.Term, got {type(term).__name__}")
                 terms[name], owner[name] = term, plugin
+        balanced = call_each(hook.tladapt_balance_losses, trainer=self, terms=dict(terms))
+        if len(balanced) > 1:
+            raise PluginError(f"plugins {' and '.join(n for n, _ in balanced)} both balance the loss terms")
+        for plugin, result in balanced:
+            if not isinstance(result, dict):
+                raise PluginError(f"plugin {plugin!r}: tladapt_balance_losses must return a dict of Term, "
+                                  f"got {type(result).__name__}")
+            for name, term in result.items():
+                if not isinstance(term, Term):
+                    raise PluginError(f"plugin {plugin!r}: balanced term {name!r} must be a tladapt.Term")
+                if name in terms and term.value is not terms[name].value:
+                    raise PluginError(f"plugin {plugin!r} changed the value of loss term {name!r}: "
+                                      "tladapt_balance_losses may change weights and add terms only")
+                terms[name] = term
         if not terms:
             why = "data.source_free = true" if self.source is None else "data.source_labels = false"
             raise ConfigError(f"nothing to train: {why} and data.target_labels_per_class = 0 leave no supervised "

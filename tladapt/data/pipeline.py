@@ -15,11 +15,27 @@ itself still waits on nothing but a stream event.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from tladapt.data.domain import Domain
+
+
+@dataclass(frozen=True)
+class DomainBatch:
+    """One step's batch of an extra labelled domain (:meth:`tladapt.trainer.Trainer.add_domain`).
+
+    Attributes:
+        x: inputs ``(b_e, *input_shape)`` float32, the domain's training view, with
+            ``b_e = min(batch_size, n)``.
+        y: labels ``(b_e,)`` int64.
+        idx: ``(b_e,)`` int64 row indices into the domain.
+    """
+
+    x: torch.Tensor
+    y: torch.Tensor
+    idx: torch.Tensor
 
 
 @dataclass(frozen=True)
@@ -41,6 +57,8 @@ class Batch:
             applied (``(b, *stored_shape)``, the stored dtype, on the device), from
             which :meth:`PairedPipeline.view` draws further views; None when the
             batch was built by hand.
+        extra: one :class:`DomainBatch` per extra labelled domain of the run, by name
+            (empty unless a plugin called ``trainer.add_domain``).
     """
 
     x_s: torch.Tensor | None
@@ -52,6 +70,7 @@ class Batch:
     y_l: torch.Tensor | None = None
     rows_s: torch.Tensor | None = None
     rows_t: torch.Tensor | None = None
+    extra: dict[str, DomainBatch] = field(default_factory=dict)
 
 
 class IndexStream:
@@ -172,6 +191,9 @@ class PairedPipeline:
         labelled: optional labelled target subset (k-shot); each batch then also
             holds ``min(batch_size, len(labelled))`` of its samples, drawn without
             replacement by epochs like the others.
+        extra: optional further labelled domains by name (multi-task learning); each
+            batch holds ``min(batch_size, n)`` samples of each, drawn like ``labelled``
+            (index generators ``extra:<name>_index``, seeded ``3 seed + 3 + i``).
 
     Every random draw comes from a generator of the pipeline seeded from ``seed``
     (:attr:`generators`): the index streams (``3 seed + 0, 1, 2``; on the CPU for a
@@ -184,7 +206,7 @@ class PairedPipeline:
     """
 
     def __init__(self, source: Domain | None, target: Domain, batch_size: int, seed: int, replacement: bool = False,
-                 labelled: Domain | None = None):
+                 labelled: Domain | None = None, extra: dict[str, Domain] | None = None):
         device = target.device
         self.generators: dict[str, torch.Generator] = {}
 
@@ -203,11 +225,14 @@ class PairedPipeline:
             self._samplers["source"] = sampler("source", source, 0, batch_size, replacement)
         if labelled is not None:
             self._samplers["labelled"] = sampler("labelled", labelled, 2, min(batch_size, len(labelled)), False)
+        self.extra = dict(extra or {})
+        for i, (name, dom) in enumerate(self.extra.items()):
+            self._samplers[f"extra:{name}"] = sampler(f"extra:{name}", dom, 3 + i, min(batch_size, len(dom)), False)
         self.source, self.target, self.labelled = source, target, labelled
 
     def _draw(self, role: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         idx, rows = self._samplers[role].next()
-        dom = getattr(self, role)
+        dom = self.extra[role.removeprefix("extra:")] if role.startswith("extra:") else getattr(self, role)
         return idx, rows, dom.view(rows, self.generators[f"{role}_augment"])
 
     @property
@@ -225,8 +250,12 @@ class PairedPipeline:
         if self.labelled is not None:
             idx_l, _, x_l = self._draw("labelled")
             y_l = self.labelled.y[idx_l]
+        extra = {}
+        for name, dom in self.extra.items():
+            idx_e, _, x_e = self._draw(f"extra:{name}")
+            extra[name] = DomainBatch(x_e, dom.y[idx_e], idx_e)
         return Batch(x_s=x_s, y_s=y_s, idx_s=idx_s, x_t=x_t, idx_t=idx_t, x_l=x_l, y_l=y_l,
-                     rows_s=rows_s, rows_t=rows_t)
+                     rows_s=rows_s, rows_t=rows_t, extra=extra)
 
     def view(self, batch: Batch, role: str = "target", policy: str = "strong") -> torch.Tensor:
         """Another view of the batch's source or target rows, e.g. FixMatch's strong view.

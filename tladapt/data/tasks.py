@@ -215,10 +215,12 @@ def split_task(data: DataSection, source: Domain | None, target: Domain, seed: i
     Order: ``data.source_labels = false`` drops the source labels first (nothing after
     reads them); :func:`tladapt.data.check_task`; the target's labels are re-expressed in
     the source's label space when its classes are among the source's; the source is split
-    (:func:`split_source`) and ``data.target_labels_per_class`` target samples per class
-    are drawn (:func:`split_target`). A source-free task (``source = None``,
-    ``data.source_free``) only checks and splits the target; its head is the source
-    model's, so ``shared_head`` is True.
+    (:func:`split_source`), its training split cut to ``data.source_labels_per_class``
+    samples per class when that is > 0 (drawn like the target's, so ``min(k, n_c - 1)``),
+    and ``data.target_labels_per_class`` target samples per class are drawn
+    (:func:`split_target`). A source-free task (``source = None``, ``data.source_free``)
+    only checks and splits the target; its head is the source model's, so ``shared_head``
+    is True.
 
     Args:
         data: the config's ``[data]`` section.
@@ -247,6 +249,8 @@ def split_task(data: DataSection, source: Domain | None, target: Domain, seed: i
     if shared:
         target = to_source_labels(source, target)
     source, source_val = split_source(source, data.source_val_fraction, seed)
+    if data.source_labels_per_class and source.y is not None:  # a few-shot source (multi-task learning)
+        source, _ = split_target(source, data.source_labels_per_class, seed)
     target_labelled, rest = split_target(target, data.target_labels_per_class, seed)
     return TaskSplits(source, source_val, target_labelled, rest, shared)
 
