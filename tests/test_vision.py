@@ -173,6 +173,7 @@ def test_resnet18_dann_runs_end_to_end_with_tensorboard_curves(image_config, tmp
     assert 0 <= results[0]["final"]["oracle/target_acc"] <= 100
 
 
+@pytest.mark.slow
 def test_the_core_imports_and_runs_without_torchvision(tmp_path):
     script = textwrap.dedent(f"""
         import sys
