@@ -3,6 +3,11 @@
 The core holds the plugin contract (:mod:`tladapt.hookspecs`), the trainer that
 calls it, GPU-resident data pipelines, models and the losses' math. Algorithms
 live in plugins registered under the entry-point group ``tladapt``.
+
+The Python API (:mod:`tladapt.api`: ``run``, ``load_config``, ``build_config``,
+``load_run``, ``frame``, ``table``, ``TrainedRun``) and the config classes (``Config``
+and its sections) are imported on first use (PEP 562), so ``import tladapt`` does not
+import torch. See ``docs/python-api.md``.
 """
 
 import importlib.metadata
@@ -19,4 +24,20 @@ hookimpl = pluggy.HookimplMarker("tladapt")
 
 from tladapt.plugin import Term, option  # noqa: E402  (needs hookimpl defined first)
 
-__all__ = ["hookimpl", "Term", "option", "__version__"]
+_API = ("TrainedRun", "load_config", "build_config", "run", "load_run", "frame", "table")
+_CONFIG = ("Config", "ExperimentSection", "DataSection", "AugmentSection", "ModelSection", "TrainerSection",
+           "ValidationSection", "ConfigError")
+
+__all__ = ["hookimpl", "Term", "option", "__version__", *_API, *_CONFIG]
+
+
+def __getattr__(name: str):
+    if name in _API:
+        from tladapt import api
+
+        return getattr(api, name)
+    if name in _CONFIG:
+        from tladapt import config
+
+        return getattr(config, name)
+    raise AttributeError(f"module 'tladapt' has no attribute {name!r}")

@@ -9,6 +9,7 @@ Types are checked strictly by pydantic; unknown keys fail listing the valid keys
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -368,11 +369,11 @@ def parse_seeds(text: str) -> list[int]:
     return seeds
 
 
-def _label(path: str | Path | None) -> str:
-    return "the defaults" if path is None else Path(path).name
+def _label(path: str | Path | dict | None) -> str:
+    return "the defaults" if path is None else "the given data" if isinstance(path, dict) else Path(path).name
 
 
-def load_configs(paths: Sequence[str | Path | None], overrides: Sequence[str] = (), seeds: str | None = None,
+def load_configs(paths: Sequence[str | Path | dict | None], overrides: Sequence[str] = (), seeds: str | None = None,
                  enable: Sequence[str] = ()) -> list[Config]:
     """Read configs as the ``tladapt`` commands do: the files (None: the defaults), then
     ``--enable``, then ``--set`` overrides and ``--seeds``, then validation.
@@ -390,7 +391,8 @@ def load_configs(paths: Sequence[str | Path | None], overrides: Sequence[str] = 
     * Every other override applies to every config.
 
     Args:
-        paths: config files, or None for the built-in defaults (one config each).
+        paths: config files, raw config data (dicts, as read from TOML; copied), or None
+            for the built-in defaults (one config each).
         overrides: ``dotted.key=value`` strings (TOML values), applied in order.
         seeds: ``--seeds`` text (see :func:`parse_seeds`), or None to keep each config's.
         enable: plugin names to enable in every config.
@@ -403,7 +405,7 @@ def load_configs(paths: Sequence[str | Path | None], overrides: Sequence[str] = 
             for a plugin override no config enables (naming the configs and how to
             enable the plugin) or an override of a whole plugin table.
     """
-    raws = [read_toml(path) if path is not None else {} for path in paths]
+    raws = [copy.deepcopy(p) if isinstance(p, dict) else read_toml(p) if p is not None else {} for p in paths]
     for data in raws:
         tables = data.setdefault("plugins", {})
         if not isinstance(tables, dict):
@@ -442,7 +444,7 @@ def load_configs(paths: Sequence[str | Path | None], overrides: Sequence[str] = 
         try:
             configs.append(build_config(data))
         except ConfigError as err:
-            if len(raws) == 1 or path is None:
+            if len(raws) == 1 or path is None or isinstance(path, dict):
                 raise
             raise ConfigError(f"{err} (in {path})") from None
     return configs

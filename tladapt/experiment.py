@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 from tladapt.config import Config, ConfigError, parse_task
 from tladapt.data.augment import resolve_spec
@@ -146,13 +146,16 @@ def progress_for(configs: Sequence[Config], oracle: bool = False) -> Progress:
     return Progress(runs, steps, enabled=all(c.trainer.progress for c in configs), oracle=oracle)
 
 
-def run_experiment(config: Config, plugins: Iterable[str | type] = (), progress: Progress | None = None) -> list[dict]:
+def run_experiment(config: Config, plugins: Iterable[str | type] = (), progress: Progress | None = None,
+                   on_run: Callable[[Trainer, dict], None] | None = None) -> list[dict]:
     """Train every task of ``config`` with every seed; one run directory each.
 
     Args:
         config: a validated config.
         plugins: extra plugins to make available (``-p`` specs or classes).
         progress: the command's progress display; None: one for this experiment.
+        on_run: called with each finished run's trainer (modules in eval mode) and results
+            (the Python API keeps the trained models this way).
 
     Returns:
         The runs' results (as in their ``results.json``), in task-then-seed order.
@@ -173,6 +176,8 @@ def run_experiment(config: Config, plugins: Iterable[str | type] = (), progress:
             trainer = Trainer(config, source, target, make_plugin_manager(active), run_dir, seed,
                               source_name=parse_task(task)[0])
             results.append(trainer.fit(progress))
+            if on_run is not None:
+                on_run(trainer, results[-1])
     if own:
         progress.close()
     return results
