@@ -157,7 +157,10 @@ class TrainerSection(Checked):
     threads: int = option(
         0, "CPU intra-op threads for the run (restored afterwards); 0 chooses by the step's size and the "
            "machine's cores (tladapt.threads: one thread for the bundled small models)", ge=0)
-    progress: bool = option(True, "progress bar on a terminal")
+    progress: bool = option(True, "progress bar on a terminal (a line per finished run elsewhere)")
+    plots: bool = option(False, "t-SNE of source and target features at the start and end of training and the "
+                                "target confusion matrix (oracle) at the end: PNGs in the run directory, TensorBoard "
+                                "images and projector (seconds per run)")
     checkpoint: bool = option(True, "write checkpoint.pt at the end")
     precision: Literal["fp32", "bf16"] = option(
         "fp32", "bf16: forward and losses under torch.autocast(bfloat16) on CUDA or CPU; CORAL, MMD kernels, "
@@ -230,7 +233,7 @@ class Config:
 
     def fingerprint(self) -> str:
         """8 hex digits identifying everything but the seeds, the tasks, the runs directory
-        and what is only measured (``[validation]``, ``trainer.keep_best``), so that runs of
+        and what is only measured (``[validation]``, ``trainer.keep_best``, ``trainer.plots``), so that runs of
         one config with different seeds group together and other configs do not. A run's
         identity is (task, seed, fingerprint): a config listing one task or twelve trains
         that task the same way, so both give the same fingerprint."""
@@ -239,6 +242,7 @@ class Config:
         del data["data"]["tasks"]  # a run is one task: its task is a column of its own
         del data["validation"]  # what is measured about a run does not change the run
         data["trainer"].pop("keep_best")
+        data["trainer"].pop("plots")  # pictures of a run do not change it
         return hashlib.sha1(json.dumps(data, sort_keys=True).encode()).hexdigest()[:8]
 
 

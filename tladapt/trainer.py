@@ -28,6 +28,7 @@ from tladapt.errors import PluginError, TrainingDiverged
 from tladapt.manager import call_each
 from tladapt.models import build_backbone
 from tladapt.plugin import Term
+from tladapt.plots import scalars_layout
 from tladapt.progress import Progress
 from tladapt.runs import RunLogger, find_checkpoint, save_checkpoint, write_json
 from tladapt.validators import RunValidators, available_validators, better, choose_validators, tag_direction
@@ -176,6 +177,7 @@ class Trainer:
         self.keep_best_direction = keep_best_direction(cfg.keep_best, self.validators.directions)
         self.best: dict | None = None
         self.logger = RunLogger(self.run_dir)
+        self.logger.writer.add_custom_scalars(scalars_layout())  # TensorBoard opens the run on what matters
 
         self.extra_domains: dict[str, Domain] = {}
         pm.hook.tladapt_setup(trainer=self)
@@ -423,6 +425,8 @@ class Trainer:
         self.pm.hook.tladapt_fit_start(trainer=self)
         if self.pipeline.source is not self.source or self.pipeline.target is not self.target:
             self.pipeline = self._make_pipeline()  # a plugin replaced a domain (same length)
+        if self.config.trainer.plots:
+            self.plot("start", 0)
         self.modules.train()
         self.history: list[dict] = []
         self.steps_done = 0
@@ -507,11 +511,23 @@ class Trainer:
         write_json(self.run_dir / "results.json", results)
         if cfg.checkpoint:
             save_checkpoint(self.run_dir / "checkpoint.pt", self.state_dict())
+        if cfg.plots:
+            self.plot("end", self.steps_done)
         headline = {k: v for k, v in self.history[-1].items() if k == "oracle/target_acc" or k.startswith("metrics/")}
         self.logger.hparams(self._hparams(), headline)
         self.logger.close()
         self.modules.eval()  # a trained model is used for inference from here on
         return results
+
+    def plot(self, stage: str, step: int) -> None:
+        """``trainer.plots``: the feature t-SNE of this stage (and the oracle confusion matrix at
+        the end) into the run directory and TensorBoard (:func:`tladapt.plots.write_plots`)."""
+        from tladapt.plots import write_plots
+
+        self.modules.eval()
+        title = f"{self.source_name}->{self.target.name} {self.config.experiment.method} seed {self.seed}, step {step}"
+        write_plots(self.logger.writer, self.run_dir, self.backbone, self.head, self.source, self.target,
+                    self._target_labels, stage, step, self.seed, title)
 
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()

@@ -7,11 +7,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from tladapt.cli import advise, config, datasets, distance, plugins, run, select, sweep, table
+from tladapt.cli import advise, config, datasets, distance, plot, plugins, run, select, sweep, table
 from tladapt.errors import ConfigError, PluginError, TrainingDiverged
 
 #: The sub-command modules, in ``--help`` order.
-COMMANDS = (run, plugins, config, datasets, table, select, sweep, distance, advise)
+COMMANDS = (run, plugins, config, datasets, table, select, sweep, plot, distance, advise)
 
 
 class _Version(argparse.Action):
