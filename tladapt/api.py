@@ -174,6 +174,19 @@ def run(*configs: str | Path | dict | Config, set: Sequence[str] = (), seeds: st
     return trained
 
 
+def _numpy_arrays() -> list:
+    """What ``weights_only`` loading may rebuild besides tensors: plain numpy arrays (older
+    checkpoints hold numpy's RNG state as one); no class, no callable of the file's choosing."""
+    import numpy as np
+
+    try:
+        from numpy._core.multiarray import _reconstruct  # numpy >= 2
+    except ImportError:
+        from numpy.core.multiarray import _reconstruct
+
+    return [_reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+
+
 def load_run(run_dir: str | Path, *, device: str = "cpu") -> TrainedRun:
     """A finished run from its directory: config, results and model, without running code.
 
@@ -211,7 +224,8 @@ def load_run(run_dir: str | Path, *, device: str = "cpu") -> TrainedRun:
     config = validate(json.loads((run_dir / "config.json").read_text()))
     results = json.loads((run_dir / "results.json").read_text())
     try:
-        state = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(_numpy_arrays()):  # plain arrays (RNG states), never code
+            state = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=True)
     except Exception as err:  # an unpickling error names what the file tried to load
         lines = str(err).splitlines() or [""]
         why = next((line.strip() for line in lines if "Unsupported global" in line), lines[0])
