@@ -73,6 +73,7 @@ if __name__ == "__main__":
     if args.what == "run":
         run(args.jobs)
     else:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
         from selection_report import main  # noqa: E402  (experiments/selection_report.py)
 
         main()

@@ -248,6 +248,12 @@ def test_a_plugin_contributes_a_validator_recorded_in_every_evaluation(fast_conf
     assert 0.1 < result["final"]["validator/confidence"] <= 1.0
     on_disk = json.loads((__import__("pathlib").Path(result["run_dir"]) / "results.json").read_text())
     assert on_disk["history"] == result["history"]
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(result["run_dir"])
+    events.Reload()
+    logged = [(e.step, e.value) for e in events.Scalars("validator/confidence")]
+    assert logged == [(h["step"], pytest.approx(h["validator/confidence"])) for h in result["history"]]
 
 
 def test_two_plugins_with_one_validator_name_is_an_error_naming_both(tmp_path, fast_config):
