@@ -429,12 +429,16 @@ def run_or_reuse(config, plugins: tuple[str, ...]) -> dict:
     if "resume" in inspect.signature(run_experiment).parameters:
         (result,) = run_experiment(config, plugins, resume=True)
         return result
+    from tladapt.config import parse_task
+    from tladapt.experiment import prepare
+
     (task,), (seed,) = config.data.tasks, config.experiment.seeds
+    task = "->".join(parse_task(task))
     folder = experiment_folder(config)
-    fingerprint = config.fingerprint()
+    fingerprint = prepare(config, plugins)[0].fingerprint()
     for run in read_runs(folder) if folder.is_dir() else []:
         r = run.results
-        if r and r.get("config_id") == fingerprint and r["task"] == task.replace(" ", "") and r["seed"] == seed:
+        if r and r.get("config_id") == fingerprint and r["task"] == task and r["seed"] == seed:
             return r
     (result,) = run_experiment(config, plugins)
     return result
@@ -443,8 +447,9 @@ def run_or_reuse(config, plugins: tuple[str, ...]) -> dict:
 def worker(spec: SweepSpec, worker_id: int = 0, gpu: int | None = None) -> int:
     """One worker process: take trials until the study has ``spec.trials`` finished ones.
 
-    Trials are asked under a file lock beside the study (so that workers on one machine or a
-    shared filesystem never start more than needed); a worker waits while the remaining
+    Trials are asked under a file lock in the experiment folder (``.<study>.lock`` beside the
+    runs), so that workers that share the runs directory — on one machine or on a shared
+    filesystem — never start more trials than needed; a worker waits while the remaining
     trials run elsewhere, and takes over any that Optuna retries after their worker died.
 
     Returns:
@@ -457,8 +462,7 @@ def worker(spec: SweepSpec, worker_id: int = 0, gpu: int | None = None) -> int:
 
     space = load_space(spec.space_path)
     study = open_study(spec, space)
-    lock = Path(spec.storage.removeprefix("journal:").removeprefix("sqlite:///") + ".lock") \
-        if spec.storage.startswith(("sqlite:///", "journal:")) else Path(".tladapt-sweep.lock")
+    lock = experiment_folder(spec.trial_config({})) / f".{spec.study}.lock"
     done_here = 0
     while True:
         with file_lock(lock):
@@ -474,13 +478,11 @@ def worker(spec: SweepSpec, worker_id: int = 0, gpu: int | None = None) -> int:
             time.sleep(max(1, spec.heartbeat // 2))
             continue
         stop = threading.Event()
-        storage = study._storage
-        beat = None
-        if hasattr(storage, "record_heartbeat") and isinstance(storage, optuna.storages.RDBStorage):
+        storage = study._storage  # Optuna's heartbeat API takes the storage and the trial id
+        if isinstance(storage, optuna.storages.RDBStorage):
             storage.record_heartbeat(trial._trial_id)
-            beat = threading.Thread(target=_heartbeat, args=(storage, trial._trial_id, spec.heartbeat, stop),
-                                    daemon=True)
-            beat.start()
+            threading.Thread(target=_heartbeat, args=(storage, trial._trial_id, spec.heartbeat, stop),
+                             daemon=True).start()
         try:
             state, value, info = run_trial(spec, space, study, trial)
         finally:

@@ -186,9 +186,9 @@ class Table:
     def header(self) -> str:
         """The lines every rendering of the table starts with."""
         unit = " (%)" if self.metric.endswith("_acc") else ""
-        oracle = "" if self.metric == ORACLE_TAG else "; oracle/target_acc is never the selection here"
         return (f"{self.metric}{unit}, mean ± std over seeds; {self.selection.label}. "
-                f"'oracle-best' is the best of the candidates by target labels: an upper bound{oracle}.")
+                f"'oracle-best': the best {self.metric} among the candidates, chosen by the labels it is "
+                f"measured with: an upper bound, not a result.")
 
 
 def build_table(items: Iterable[Run | dict], select: str = "last", metric: str = ORACLE_TAG,

@@ -11,6 +11,7 @@ import torch
 from threadpoolctl import threadpool_limits
 
 from tladapt.errors import ConfigError, PluginError
+from tladapt.manager import call_each
 from tladapt.validators.outputs import EvalOutputs, Subsamples, collect_outputs
 
 Direction = Literal["max", "min"]
@@ -92,8 +93,6 @@ def available_validators(pm: pluggy.PluginManager) -> dict[str, Contributed]:
         PluginError: for a hook result that is not a list of :class:`Validator`, a malformed
             name or direction, or two validators of the same name (naming both plugins).
     """
-    from tladapt.manager import call_each  # the manager registers the core validators: import late
-
     found: dict[str, Contributed] = {}
     for plugin, result in reversed(call_each(pm.hook.tladapt_validators)):
         if not isinstance(result, (list, tuple)):
