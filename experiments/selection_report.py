@@ -54,19 +54,27 @@ def spearman_table(evals: pd.DataFrame, directions: dict[str, str]) -> dict[str,
     return out
 
 
-def selection_table(evals: pd.DataFrame, directions: dict[str, str], default_id: str, classes: int) -> list[list]:
-    """Rows: validator, config, config+step, near-chance picks, with the default and oracle rows."""
+def selection_table(evals: pd.DataFrame, directions: dict[str, str], default_id: str, classes: int,
+                    gains: dict[str, list]) -> list[list]:
+    """Rows: validator, config, config+step, picks near chance, picks 10 points below the default;
+    then the oracle and default rows. Appends each validator's (config - default, config+step -
+    default) to ``gains``."""
     last = evals[evals.groupby("run_dir")["step"].transform("max") == evals["step"]]
-    default = last[last["config_id"] == default_id].groupby(["task", "seed"])[ORACLE_TAG].first()
+    default = last[last["config_id"] == default_id].set_index(["task", "seed"])[ORACLE_TAG]
     chance = 100.0 / classes
     rows = []
     for v in [*VALIDATORS, "oracle"]:
         by_config = choose(evals, make_selection(v, directions, "configs"))
         by_both = choose(evals, make_selection(v, directions, "both"))
-        near = int((by_both["selected"] <= chance + 5).sum())
+        both = by_both.set_index(["task", "seed"])["selected"]
+        near = int((both <= chance + 5).sum())
+        worse = int((both < default.loc[both.index] - 10).sum())
         name = "**oracle** (target labels: the upper bound)" if v == "oracle" else v
-        rows.append([name, by_config["selected"].mean(), by_both["selected"].mean(), f"{near}/{len(by_both)}"])
-    rows.append(["default config (trial 0), last step", default.mean(), "", ""])
+        rows.append([name, by_config["selected"].mean(), by_both["selected"].mean(), f"{near}/{len(both)}",
+                     f"{worse}/{len(both)}"])
+        gains.setdefault(v, []).append((by_config["selected"].mean() - default.mean(),
+                                        by_both["selected"].mean() - default.mean(), near, worse, len(both)))
+    rows.append(["default config (trial 0), last step", default.mean(), "", "", ""])
     return rows
 
 
@@ -75,7 +83,7 @@ def main(root: str = "runs/selection") -> None:
     runs = read_runs(root)
     evals = evaluations_frame(runs)
     directions = recorded_directions(runs)
-    spearman_rows = []
+    spearman_rows, gains = [], {}
     for experiment, (dataset, family, base, classes) in SWEEPS.items():
         part = evals[evals["experiment"] == experiment]
         if part.empty:
@@ -85,13 +93,22 @@ def main(root: str = "runs/selection") -> None:
         head = (f"### {dataset}, {family}: {n_configs} configurations x {n_tasks} tasks x "
                 f"{part['seed'].nunique()} seeds, {len(part)} checkpoints")
         print(head + "\n")
-        rows = selection_table(part, directions, default_config_id(base), classes)
-        print(tabulate(rows, headers=["selection", "config (last step)", "config + step", "near-chance picks"],
-                       tablefmt="github", floatfmt=".1f"))
+        rows = selection_table(part, directions, default_config_id(base), classes, gains)
+        print(tabulate(rows, headers=["selection", "config (last step)", "config + step", "picks near chance",
+                                      "picks 10+ below default"], tablefmt="github", floatfmt=".1f"))
         print()
         spearman_rows.append([f"{dataset} {family}", *spearman_table(part, directions).values()])
     print("### Weighted Spearman correlation with target accuracy over all checkpoints (mean over tasks)\n")
     print(tabulate(spearman_rows, headers=["sweep", *VALIDATORS], tablefmt="github", floatfmt=".2f"))
+    print("\n### Over all sweeps: mean gain over the default configuration (points), bad picks, mean weighted Spearman\n")
+    rows = []
+    for v, g in gains.items():
+        arr = np.array([x[:2] for x in g])
+        near, worse, n = (sum(x[i] for x in g) for i in (2, 3, 4))
+        rho = "" if v == "oracle" else np.mean([r[1 + VALIDATORS.index(v)] for r in spearman_rows])
+        rows.append([v, arr[:, 0].mean(), arr[:, 1].mean(), f"{near}/{n}", f"{worse}/{n}", rho])
+    print(tabulate(rows, headers=["selection", "config - default", "config+step - default", "near chance",
+                                  "10+ below default", "weighted Spearman"], tablefmt="github", floatfmt=".2f"))
 
 
 if __name__ == "__main__":
