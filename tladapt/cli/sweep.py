@@ -40,13 +40,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def main(args) -> int:
     """Run ``tladapt sweep``; returns the exit status."""
+    import dataclasses
     import multiprocessing
 
     from tladapt.config import load_config
     from tladapt.experiment import prepare
     from tladapt.manager import make_plugin_manager
-    from tladapt.sweep import (SweepSpec, default_study_name, default_values, experiment_folder, load_space,
-                               open_study, summary, worker)
+    from tladapt.sweep import (SweepSpec, default_study_name, default_values, experiment_folder, file_lock,
+                               load_space, open_study, summary, worker)
     from tladapt.validators import available_validators, choose_validators, tag_direction
 
     if args.trials < 1 or args.jobs < 1 or args.heartbeat < 1:
@@ -65,12 +66,12 @@ def main(args) -> int:
             available_validators(make_plugin_manager(active)), config.validation.validators, has_val)}
         direction = tag_direction(args.objective, found, "--objective")
     storage = args.storage or f"sqlite:///{(experiment_folder(base) / 'optuna.db').resolve()}"
-    spec = SweepSpec(args.config, tuple(args.set), args.seeds, args.runs_dir, args.space, args.trials,
-                     args.objective, direction, storage, args.study or default_study_name(base, space, args.objective),
-                     args.heartbeat, tuple(args.plugin))
-    study = open_study(spec, space)  # created once here, so that workers only load it
-    if space.defaults_first and not study.get_trials(deepcopy=False):
-        study.enqueue_trial(default_values(space, prepare(base, args.plugin)[0].to_dict()))
+    spec = dataclasses.replace(spec0, direction=direction, storage=storage,
+                               study=args.study or default_study_name(base, space, args.objective))
+    with file_lock(experiment_folder(base) / f".{spec.study}.lock"):  # many --worker jobs may start at once
+        study = open_study(spec, space)  # created once here, so that workers only load it
+        if space.defaults_first and not study.get_trials(deepcopy=False):
+            study.enqueue_trial(default_values(space, prepare(base, args.plugin)[0].to_dict()))
     print(f"study {spec.study!r} in {storage}: {args.trials} trials, {args.jobs} worker(s), "
           f"objective {spec.objective} ({direction})", file=sys.stderr, flush=True)
     if args.worker or args.jobs == 1:
