@@ -489,11 +489,12 @@ def worker(spec: SweepSpec, worker_id: int = 0, gpu: int | None = None) -> int:
             stop.set()
         for key, val in info.items():
             trial.set_user_attr(key, val)
-        study.tell(trial, value, state={"complete": optuna.trial.TrialState.COMPLETE,
-                                        "pruned": optuna.trial.TrialState.PRUNED,
-                                        "fail": optuna.trial.TrialState.FAIL}[state])
+        with file_lock(lock):  # tell and print together: the progress lines count 1, 2, ... N in order
+            study.tell(trial, value, state={"complete": optuna.trial.TrialState.COMPLETE,
+                                            "pruned": optuna.trial.TrialState.PRUNED,
+                                            "fail": optuna.trial.TrialState.FAIL}[state])
+            print(progress_line(study, trial.number, state, value, spec, worker_id), flush=True)
         done_here += 1
-        print(progress_line(study, trial.number, state, value, spec, worker_id), flush=True)
 
 
 def progress_line(study, number: int, state: str, value: float | None, spec: SweepSpec, worker_id: int) -> str:
