@@ -10,8 +10,9 @@ and NaN/inf anywhere a float is expected. Nothing here imports torch.
 from __future__ import annotations
 
 import dataclasses
+import types
 import typing
-from typing import Annotated, Any
+from typing import Annotated, Any, Union
 
 import pydantic
 
@@ -29,7 +30,8 @@ def option(default: Any, help: str, *, gt: float | None = None, ge: float | None
 
     ``help`` is shown by ``tladapt plugins`` and the generated config reference. The
     bounds (``gt`` >, ``ge`` >=, ``lt`` <, ``le`` <=) apply to the value, or to every
-    element of a list or value of a dict of numbers, and are checked by
+    element of a list or value of a dict of numbers, or to the numeric members of a
+    union (``Literal["median"] | float`` bounds the float only), and are checked by
     :func:`validate_dataclass` before any training. For other constraints annotate
     the type itself, e.g. ``Annotated[int, pydantic.Field(multiple_of=2)]``. Mutable
     defaults (lists, dicts) are copied per instance.
@@ -72,7 +74,24 @@ def _constrained(hint: Any, f: dataclasses.Field) -> Any:
         return list[_constrained(args[0], f)]
     if origin is dict:
         return dict[args[0], _constrained(args[1], f)]
+    if origin in (Union, types.UnionType):  # bound the numeric members, leave Literal/str members alone
+        return Union[tuple(_constrained(a, f) if a in (int, float) or typing.get_origin(a) in (list, dict) else a
+                           for a in args)]
     return Annotated[hint, pydantic.Field(**bounds)]
+
+
+def _data_loc(value: Any, loc: tuple) -> str:
+    """The position of an error inside ``value`` as ``[0]['key']``, without pydantic's union-member tags."""
+    parts = []
+    for part in loc:
+        if isinstance(value, (list, tuple)) and isinstance(part, int) and 0 <= part < len(value):
+            value = value[part]
+        elif isinstance(value, dict) and part in value:
+            value = value[part]
+        else:
+            continue  # a union member's name such as 'constrained-float'
+        parts.append(f"[{part!r}]")
+    return "".join(parts)
 
 
 def _adapter(cls: type, name: str) -> pydantic.TypeAdapter:
@@ -92,15 +111,22 @@ def check_value(cls: type, name: str, value: Any, where: str) -> tuple[Any, list
         return _adapter(cls, name).validate_python(value, strict=True), []
     except pydantic.ValidationError as err:
         f = {f.name: f for f in dataclasses.fields(cls)}[name]
-        problems = []
+        by_loc: dict[str, list[dict]] = {}
         for e in err.errors():
-            loc = "".join(f"[{p!r}]" for p in e["loc"])
+            by_loc.setdefault(_data_loc(value, e["loc"]), []).append(e)
+        problems = []
+        for loc, errors in by_loc.items():
+            # In a union, a bound or finiteness error of the numeric member says more than the others.
+            pointed = [e for e in errors if e["type"] in _BOUND_ERRORS or e["type"] == "finite_number"]
+            e = (pointed or errors)[0]
             if e["type"] in _BOUND_ERRORS:
                 problems.append(f"{where}.{name}{loc} must be {field_bounds(f)}, got {e['input']!r}")
             elif e["type"] == "finite_number":
                 problems.append(f"{where}.{name}{loc} must be a finite number, got {e['input']!r}")
             else:
-                problems.append(f"{where}.{name}{loc}: {e['msg']} (got {e['input']!r})")
+                first, *rest = dict.fromkeys(x["msg"] for x in errors)  # a union: one message per member
+                msg = ", or ".join([first] + [m.removeprefix("Input should be ") for m in rest])
+                problems.append(f"{where}.{name}{loc}: {msg} (got {e['input']!r})")
         return value, problems
 
 
