@@ -150,11 +150,26 @@ class CORAL:
             return
         xs, xt = trainer.source.inputs(), trainer.target.inputs()
         self.matrix = coral_matrix(xs, xt, self.options.lam)
+        self._raw = trainer.source, trainer.source_val  # kept to re-colour with a restored matrix
         trainer.source = self._recolour(trainer.source, xs)
         if trainer.source_val is not None:
             trainer.source_val = self._recolour(trainer.source_val, trainer.source_val.inputs())
         trainer.log("coral/input_coral_before", coral(xs, xt))
         trainer.log("coral/input_coral_after", coral(trainer.source.x, xt))
+
+    @tladapt.hookimpl
+    def tladapt_state_dict(self):
+        """``closed_form``: the matrix ``A`` (``(d, d)`` float64); ``deep``: nothing."""
+        return None if self.matrix is None else {"matrix": self.matrix}
+
+    @tladapt.hookimpl
+    def tladapt_load_state_dict(self, trainer, state):
+        """Re-colour the raw source (and ``source_val``) with the saved ``A``, in place, so the
+        pipeline built on ``trainer.source`` sees it."""
+        self.matrix = state["matrix"].to(trainer.device)
+        for raw, domain in zip(self._raw, (trainer.source, trainer.source_val)):
+            if raw is not None:
+                domain.x.copy_(self._recolour(raw, raw.inputs()).x)
 
     def _recolour(self, domain: Domain, inputs: torch.Tensor) -> Domain:
         """``domain`` with inputs ``inputs @ A`` (float32, default transform), same labels."""

@@ -35,6 +35,7 @@ from torch import nn
 
 import tladapt
 from tladapt.config import ConfigError
+from tladapt.errors import PluginError
 from tladapt.transfer import depth_region
 
 
@@ -101,6 +102,21 @@ class Finetune:
                 for m in module.modules():
                     m.train = types.MethodType(_eval_only_train, m)
                 module.eval()
+
+    @tladapt.hookimpl
+    def tladapt_state_dict(self):
+        """The frozen module paths (the frozen weights themselves are in the trainer's modules)."""
+        return {"frozen": list(self.frozen)}
+
+    @tladapt.hookimpl
+    def tladapt_load_state_dict(self, state):
+        """Check that this run freezes what the checkpointed run froze.
+
+        Raises:
+            PluginError: if the frozen paths differ (the options or the model changed).
+        """
+        if list(state["frozen"]) != self.frozen:
+            raise PluginError(f"finetune: the checkpoint froze {state['frozen']}, this run freezes {self.frozen}")
 
     @tladapt.hookimpl
     def tladapt_fit_end(self, trainer, results):

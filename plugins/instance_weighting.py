@@ -284,7 +284,21 @@ class InstanceWeighting:
     # ------------------------------------------------------------------ hooks
     @tladapt.hookimpl
     def tladapt_fit_start(self, trainer):
-        self.estimate(trainer)
+        if not trainer.resuming:  # a resumed run gets its weights from tladapt_load_state_dict
+            self.estimate(trainer)
+
+    @tladapt.hookimpl
+    def tladapt_state_dict(self):
+        """The weights (final and raw), the estimator's details and the time and count of estimates."""
+        return {"weights": self.weights, "raw_weights": self.raw_weights, "info": self.info,
+                "seconds": self.seconds, "estimates": self.estimates}
+
+    @tladapt.hookimpl
+    def tladapt_load_state_dict(self, trainer, state):
+        """Restore :meth:`tladapt_state_dict` (weights onto the training device)."""
+        self.weights = state["weights"].to(trainer.device)
+        self.raw_weights = state["raw_weights"].to(trainer.device)
+        self.info, self.seconds, self.estimates = state["info"], state["seconds"], state["estimates"]
 
     @tladapt.hookimpl
     def tladapt_source_weights(self, batch):

@@ -409,6 +409,23 @@ class SelfTraining:
             ema_update(self.teacher, self.student, self.options.ema_decay)
 
     @tladapt.hookimpl
+    def tladapt_state_dict(self):
+        """The pseudo-label bank (labels, confidences, stamps) and the EMA teacher's weights."""
+        bank = self.bank
+        state = {"bank": {"labels": bank.labels, "confidence": bank.confidence, "stamp": bank.stamp}}
+        if self.teacher is not None:
+            state["teacher"] = self.teacher.state_dict()
+        return state
+
+    @tladapt.hookimpl
+    def tladapt_load_state_dict(self, state):
+        """Put the saved bank and teacher back (tensors copied onto the training device)."""
+        for name, value in state["bank"].items():
+            getattr(self.bank, name).copy_(value)
+        if self.teacher is not None:
+            self.teacher.load_state_dict(state["teacher"])
+
+    @tladapt.hookimpl
     def tladapt_evaluate(self, trainer, metrics, target_labels):
         """Per-class counts, selected fraction and ORACLE pseudo-label accuracies (one host read)."""
         bank, k = self.bank, trainer.num_classes

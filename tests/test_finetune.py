@@ -25,7 +25,7 @@ def source_run(tmp_path_factory):
 
     runs = tmp_path_factory.mktemp("src")
     [r] = run_experiment(load_config(None, [*FAST, TWO, f"experiment.runs_dir='{runs}'"]))
-    state = torch.load(Path(r["run_dir"]) / "checkpoint.pt", weights_only=False)["modules"]
+    state = torch.load(Path(r["run_dir"]) / "checkpoint.pt", weights_only=True)["modules"]
     return r["run_dir"], state
 
 

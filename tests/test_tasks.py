@@ -112,7 +112,7 @@ def test_a_different_target_task_gets_its_own_head_trained_by_its_labels(fast_co
 
 def test_init_from_loads_the_backbone_and_only_heads_of_the_same_classes(fast_config):
     [src] = run_experiment(fast_config(LOW, "data.target_classes=[0, 1, 2, 3, 4]"))  # a DA run on classes 0-4
-    saved = torch.load(Path(src["run_dir"]) / "checkpoint.pt", weights_only=False)
+    saved = torch.load(Path(src["run_dir"]) / "checkpoint.pt", weights_only=True)
     assert saved["classes"] == {"head": ["back_pack", "bike", "calculator", "headphones", "keyboard"]}
     new_task = make_trainer(fast_config(LOW, HIGH, "data.target_labels_per_class=3", f"model.init_from='{src['run_dir']}'"))
     assert torch.equal(new_task.backbone[0].weight, saved["modules"]["backbone.0.weight"])

@@ -55,7 +55,7 @@ def test_runs_never_share_a_directory_and_write_all_artifacts(fast_config):
         names = {p.name for p in Path(run).iterdir()}
         assert {"results.json", "config.json", "checkpoint.pt"} <= names
         assert not [n for n in names if n.startswith(".")]  # no temporary files left behind
-    ckpt = torch.load(f"{first}/checkpoint.pt", weights_only=False)
+    ckpt = torch.load(f"{first}/checkpoint.pt", weights_only=True)
     assert ckpt["step"] == 30 and set(ckpt["modules"]) >= {"backbone.0.weight", "head.weight"}
 
 
@@ -316,7 +316,7 @@ def test_labelled_target_term_is_cross_entropy_on_the_labelled_batch(fast_config
 def test_init_from_loads_backbone_and_head(fast_config):
     [first] = run_experiment(fast_config())
     t = make_trainer(fast_config(f"model.init_from='{first['run_dir']}'"))
-    saved = torch.load(Path(first["run_dir"]) / "checkpoint.pt", weights_only=False)["modules"]
+    saved = torch.load(Path(first["run_dir"]) / "checkpoint.pt", weights_only=True)["modules"]
     assert torch.equal(t.backbone[0].weight, saved["backbone.0.weight"])
     assert torch.equal(t.head.bias, saved["head.bias"])
     with pytest.raises(ConfigError, match="model.init_from='/nonexistent': no checkpoint for task 'webcam->dslr', seed 0"):

@@ -289,7 +289,7 @@ def test_keep_best_keeps_the_checkpoint_of_the_best_evaluation_in_the_validators
         best = result["history"][values.index(pick(values))]
         assert result["best"] == {"tag": tag, "direction": "min" if pick is min else "max",
                                   "step": best["step"], "value": best[tag]}
-        state = torch.load(Path(result["run_dir"]) / "best.pt", weights_only=False)  # True once issue 9 stores RNG as tensors
+        state = torch.load(Path(result["run_dir"]) / "best.pt", weights_only=True)
         assert state["step"] == best["step"]
 
 

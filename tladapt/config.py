@@ -161,14 +161,20 @@ class TrainerSection(Checked):
     plots: bool = option(False, "t-SNE of source and target features at the start and end of training and the "
                                 "target confusion matrix (oracle) at the end: PNGs in the run directory, TensorBoard "
                                 "images and projector (seconds per run)")
-    checkpoint: bool = option(True, "write checkpoint.pt at the end")
+    checkpoint: bool = option(True, "keep checkpoint.pt when the run has finished (false: delete it then)")
+    checkpoint_every: int | Literal["auto"] = option(
+        "auto", "steps between checkpoints (checkpoint.pt, the last one, for resume); 'auto': a tenth of "
+                "the run; 0: only at the end", ge=0)
     precision: Literal["fp32", "bf16"] = option(
         "fp32", "bf16: forward and losses under torch.autocast(bfloat16) on CUDA or CPU; CORAL, MMD kernels, "
                 "entropies and cross-entropies are computed in float32")
     channels_last: bool = option(False, "channels-last memory format for convolutional backbones and image batches")
     keep_best: str = option(
         "", "keep best.pt, the checkpoint of the evaluation point with the best value of this tag, "
-            "e.g. 'validator/im' (direction from the validator); '': none")
+            "e.g. 'validator/im' or 'metrics/source_val_acc'; '': none")
+    keep_best_mode: Literal["auto", "max", "min"] = option(
+        "auto", "direction of keep_best; auto: a validator's own direction, max for accuracies; "
+                "max or min: any tag")
 
 
 @dataclass
@@ -231,18 +237,22 @@ class Config:
         """The resolved config as plain, JSON/TOML-serialisable data."""
         return dataclasses.asdict(self)
 
+    #: ``[trainer]`` keys that change how a run is watched and saved, never its numbers.
+    UNSCORED_TRAINER_KEYS: ClassVar[tuple[str, ...]] = (
+        "progress", "plots", "checkpoint", "checkpoint_every", "keep_best", "keep_best_mode")
+
     def fingerprint(self) -> str:
-        """8 hex digits identifying everything but the seeds, the tasks, the runs directory
-        and what is only measured (``[validation]``, ``trainer.keep_best``, ``trainer.plots``), so that runs of
-        one config with different seeds group together and other configs do not. A run's
-        identity is (task, seed, fingerprint): a config listing one task or twelve trains
-        that task the same way, so both give the same fingerprint."""
+        """8 hex digits identifying everything but the seeds, the tasks, the runs directory,
+        what is only measured (``[validation]``, ``trainer.plots``) and the keys of :attr:`UNSCORED_TRAINER_KEYS`,
+        so that runs of one config with different seeds group together (and a run resumes
+        under another checkpoint cadence) and other configs do not. A run's identity is
+        (task, seed, fingerprint): a config listing one task or twelve trains that task the
+        same way, so both give the same fingerprint."""
         data = self.to_dict()
         data["experiment"] = {k: v for k, v in data["experiment"].items() if k not in ("seeds", "runs_dir")}
         del data["data"]["tasks"]  # a run is one task: its task is a column of its own
         del data["validation"]  # what is measured about a run does not change the run
-        data["trainer"].pop("keep_best")
-        data["trainer"].pop("plots")  # pictures of a run do not change it
+        data["trainer"] = {k: v for k, v in data["trainer"].items() if k not in self.UNSCORED_TRAINER_KEYS}
         return hashlib.sha1(json.dumps(data, sort_keys=True).encode()).hexdigest()[:8]
 
 
@@ -371,6 +381,23 @@ def parse_seeds(text: str) -> list[int]:
         lo = int(m.group(1))
         seeds += list(range(lo, int(m.group(2) or lo) + 1))
     return seeds
+
+
+def load_run_config(run_dir: str | Path) -> Config:
+    """The resolved config a run directory's ``config.json`` holds (its ``provenance`` entry aside).
+
+    Raises:
+        ConfigError: if there is no ``config.json`` or it does not validate.
+    """
+    path = Path(run_dir) / "config.json"
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{run_dir}: no config.json (expected a run directory)") from None
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{path}: invalid JSON: {err}") from None
+    data.pop("provenance", None)
+    return build_config(data)
 
 
 def _label(path: str | Path | dict | None) -> str:

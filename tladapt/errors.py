@@ -16,3 +16,20 @@ class PluginError(RuntimeError):
 class TrainingDiverged(RuntimeError):
     """A logged loss became NaN or infinite; the run stops without writing ``results.json``
     (exit status 1)."""
+
+
+class RunInterrupted(Exception):
+    """SIGINT (Ctrl-C) or SIGTERM stopped a run at the end of a step, after a checkpoint
+    (exit status 128 + the signal: 130 for SIGINT, 143 for SIGTERM).
+
+    Attributes:
+        signum: the signal number.
+        run_dir: the interrupted run's directory (None when no run was in progress).
+        step: steps done (saved in its checkpoint).
+        steps: the run's ``trainer.steps``.
+    """
+
+    def __init__(self, signum: int, run_dir=None, step: int = 0, steps: int = 0):
+        self.signum, self.run_dir, self.step, self.steps = signum, run_dir, step, steps
+        where = f" at step {step} of {steps} of run {run_dir}" if run_dir is not None else " between runs"
+        super().__init__(f"interrupted by signal {signum}{where}")

@@ -1,20 +1,29 @@
-"""Running an experiment: tasks x seeds for one method (tables: :mod:`tladapt.tables`)."""
+"""Running an experiment: tasks x seeds for one method, resuming runs (tables: :mod:`tladapt.tables`)."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import re
+import sys
+import traceback
+from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
-from tladapt.config import Config, ConfigError, parse_task
+from tladapt import checkpoint, signals
+from tladapt.config import Config, ConfigError, load_run_config, parse_task
 from tladapt.data.augment import resolve_spec
 from tladapt.data.datasets import DATASETS, DIGITS_FORMAT
 from tladapt.data.images import is_image_dataset, prepare_images
 from tladapt.data.tasks import check_class_options, load_task
 from tladapt.manager import PluginInfo, available_plugins, make_plugin_manager, resolve_active
 from tladapt.models import check_model
+from tladapt.data.domain import Domain
+from tladapt.errors import RunInterrupted
 from tladapt.progress import Progress
-from tladapt.runs import find_checkpoint, new_run_dir, write_json
-from tladapt.trainer import Trainer, keep_best_direction, resolve_device
+from tladapt.runs import (atomic_write_bytes, clean_temp_files, find_checkpoint, find_run, find_run_dirs, new_run_dir,
+                          read_status, slug, write_json, write_status)
+from tladapt.trainer import Trainer, resolve_device
 from tladapt.validators import available_validators, choose_validators
 
 
@@ -73,7 +82,7 @@ def prepare(config: Config, plugins: Iterable[str | type] = ()) -> tuple[Config,
     directions = {v.name: v.direction for v in choose_validators(
         available_validators(pm), config.validation.validators,
         config.data.source_val_fraction > 0 and config.data.source_labels and not config.data.source_free)}
-    keep_best_direction(config.trainer.keep_best, directions)
+    checkpoint.best_direction(config.trainer.keep_best, config.trainer.keep_best_mode, directions)
     enabled = [(info, table) for info, table in active if info.name in config.plugins]  # not the measuring ones
     method = config.experiment.method or "+".join(info.name for info, _ in enabled if not info.measures_only) \
         or "source_only"
@@ -147,7 +156,7 @@ def progress_for(configs: Sequence[Config], oracle: bool = False) -> Progress:
 
 
 def run_experiment(config: Config, plugins: Iterable[str | type] = (), progress: Progress | None = None,
-                   on_run: Callable[[Trainer, dict], None] | None = None) -> list[dict]:
+                   on_run: Callable[[Trainer, dict], None] | None = None, resume: bool = False) -> list[dict]:
     """Train every task of ``config`` with every seed; one run directory each.
 
     Args:
@@ -156,28 +165,146 @@ def run_experiment(config: Config, plugins: Iterable[str | type] = (), progress:
         progress: the command's progress display; None: one for this experiment.
         on_run: called with each finished run's trainer (modules in eval mode) and results
             (the Python API keeps the trained models this way).
+        resume: reuse the work of an earlier invocation of the same config: for each task
+            and seed, a finished run of the same config fingerprint below
+            ``experiment.runs_dir`` is not run again (its ``results.json`` is returned), an
+            unfinished one (interrupted, killed or failed) continues from its last
+            checkpoint in its own directory (:func:`tladapt.runs.find_run`), and only the
+            rest start in new directories.
 
     Returns:
         The runs' results (as in their ``results.json``), in task-then-seed order.
 
     Raises:
-        ConfigError: as :func:`prepare`, before any run starts.
+        ConfigError: as :func:`prepare`, before any run starts; or when a run to resume is
+            being trained by another live process.
+        RunInterrupted: after SIGINT/SIGTERM (the run under way is checkpointed).
     """
     config, active = prepare(config, plugins)
     own = progress is None
     progress = progress_for([config]) if own else progress
+    exp, method, config_id = config.experiment, config.experiment.method, config.fingerprint()
     results = []
-    for task in config.data.tasks:
-        source, target = load_task(config.data, task)
-        for seed in config.experiment.seeds:
-            run_dir = new_run_dir(config.experiment.runs_dir, config.experiment.name, task,
-                                  config.experiment.method, seed)
-            write_json(run_dir / "config.json", config.to_dict())
-            trainer = Trainer(config, source, target, make_plugin_manager(active), run_dir, seed,
-                              source_name=parse_task(task)[0])
-            results.append(trainer.fit(progress))
-            if on_run is not None:
-                on_run(trainer, results[-1])
+    with signals.stop_signals():
+        for task in config.data.tasks:
+            source, target = load_task(config.data, task)
+            for seed in exp.seeds:
+                if signals.requested() is not None:
+                    raise RunInterrupted(signals.requested())
+                run_dir = find_run(exp.runs_dir, exp.name, task, method, seed, config_id) if resume else None
+                if run_dir is not None and read_status(run_dir).finished:
+                    results.append(json.loads((run_dir / "results.json").read_text()))
+                    progress.advance(config.trainer.steps)
+                    continue
+                if run_dir is None:
+                    run_dir = new_run_dir(exp.runs_dir, exp.name, task, method, seed)
+                    write_json(run_dir / "config.json", config.to_dict())
+                results.append(execute_run(config, active, task, source, target, run_dir, seed, progress, on_run))
     if own:
         progress.close()
     return results
+
+
+def execute_run(config: Config, active: list[tuple[PluginInfo, dict]], task: str, source: Domain | None,
+                target: Domain, run_dir: Path, seed: int, progress: Progress | None = None,
+                on_run: Callable[[Trainer, dict], None] | None = None) -> dict:
+    """Train one run in ``run_dir``, continuing from its ``checkpoint.pt`` when it has one,
+    and keep its ``status.json`` true (:class:`tladapt.runs.RunStatus`): ``running`` while it
+    trains, then ``finished``, ``interrupted`` or ``failed`` (with ``traceback.txt``).
+
+    Temporary files a killed process left in ``run_dir`` are removed first.
+
+    Returns:
+        The run's results (its ``results.json``).
+
+    Raises:
+        whatever stopped the run, after recording it in ``status.json``.
+    """
+    clean_temp_files(run_dir)
+    file = run_dir / "checkpoint.pt"
+    state = checkpoint.load(file, f"the checkpoint of run {run_dir}") if file.is_file() else None
+    write_status(run_dir, "running", dataset=config.data.dataset, task=task, method=config.experiment.method,
+                 seed=seed, config_id=config.fingerprint(), steps=config.trainer.steps,
+                 step=0 if state is None else state["step"])
+    try:
+        trainer = Trainer(config, source, target, make_plugin_manager(active), run_dir, seed,
+                          source_name=parse_task(task)[0], resume=state)
+        results = trainer.fit(progress)
+    except RunInterrupted as stop:
+        write_status(run_dir, "interrupted", step=stop.step)
+        raise
+    except KeyboardInterrupt:  # a second Ctrl-C: the last checkpoint stays usable
+        write_status(run_dir, "interrupted")
+        raise
+    except BaseException as err:
+        atomic_write_bytes(run_dir / "traceback.txt", lambda f: f.write(traceback.format_exc().encode()))
+        write_status(run_dir, "failed", error=f"{type(err).__name__}: {err}", traceback="traceback.txt")
+        raise
+    write_status(run_dir, "finished", step=config.trainer.steps)
+    if on_run is not None:
+        on_run(trainer, results)
+    return results
+
+
+def resume_runs(root: str | Path, plugins: Iterable[str | type] = ()) -> list[dict]:
+    """Resume the run directory ``root``, or every unfinished run at or below the folder ``root``.
+
+    Finished runs are not run again; runs being trained by a live process are skipped
+    (an error when ``root`` is that run). Every run's config (its ``config.json``),
+    plugins and checkpoint are checked before the first one resumes.
+
+    Returns:
+        The results of every run at or below ``root`` that is finished now, in path order.
+
+    Raises:
+        ConfigError: for a folder without run directories, a run whose config no longer
+            validates or whose plugins are not available (pass its ``-p`` plugins again),
+            or an unreadable checkpoint; before any run resumes.
+        RunInterrupted: after SIGINT/SIGTERM.
+    """
+    run_dirs = find_run_dirs(root)
+    if not run_dirs:
+        raise ConfigError(f"--resume {root}: no run directory (a folder with config.json) at or below it")
+    plan: list[tuple[Path, Config, list, str, int] | Path] = []
+    for run_dir in run_dirs:
+        status = read_status(run_dir)
+        if status.finished:
+            plan.append(run_dir)
+            continue
+        if status.live:
+            if run_dir == Path(root):
+                raise ConfigError(f"run {run_dir} is being trained by process {status.pid} on {status.host}")
+            print(f"skipping {run_dir}: being trained by process {status.pid}", file=sys.stderr)
+            continue
+        try:
+            config, active = prepare(load_run_config(run_dir), plugins)
+            task, seed = _run_identity(run_dir, config, status)
+            if (run_dir / "checkpoint.pt").is_file():
+                checkpoint.load(run_dir / "checkpoint.pt", f"the checkpoint of run {run_dir}")
+        except ConfigError as err:
+            raise ConfigError(f"cannot resume {run_dir}: {err}") from None
+        plan.append((run_dir, config, active, task, seed))
+    results = []
+    with signals.stop_signals():
+        for item in plan:
+            if isinstance(item, Path):
+                results.append(json.loads((item / "results.json").read_text()))
+                continue
+            if signals.requested() is not None:
+                raise RunInterrupted(signals.requested())
+            run_dir, config, active, task, seed = item
+            source, target = load_task(config.data, task)
+            results.append(execute_run(config, active, task, source, target, run_dir, seed))
+    return results
+
+
+def _run_identity(run_dir: Path, config: Config, status) -> tuple[str, int]:
+    """The task and seed of a run directory: from ``status.json``, else from its path
+    (``<task slug>/<method>/seed<k>-<time>``) matched against the config's tasks and seeds."""
+    if status.task and status.seed >= 0:
+        return status.task, status.seed
+    m = re.match(r"seed(\d+)-", run_dir.name)
+    tasks = [t for t in config.data.tasks if slug(t) == run_dir.parent.parent.name]
+    if not m or len(tasks) != 1:
+        raise ConfigError(f"{run_dir}: cannot tell its task and seed (no status.json)")
+    return tasks[0], int(m.group(1))

@@ -59,6 +59,10 @@ def tladapt_fit_start(trainer):
     ``@tladapt.hookimpl(tryfirst=True)`` so that plugins measuring the data
     (e.g. importance weights) see the transformed domains.
 
+    A resumed run calls this hook again (``trainer.resuming`` is then True) before
+    ``tladapt_load_state_dict``: work whose result the plugin's state restores may be
+    skipped.
+
     Args:
         trainer: the run's trainer.
 
@@ -198,9 +202,12 @@ def tladapt_state_dict(trainer):
     """The plugin's own state for a checkpoint: everything its future depends on that is
     not in a module registered with ``trainer.add_module`` (those are saved by the trainer).
 
-    Examples: an EMA teacher's weights, a pseudo-label bank, importance weights, a
-    closed-form transform, step counters. A plugin whose behaviour after a resume would
-    differ from an uninterrupted run is missing state here.
+    Called after a step at every checkpoint (every ``trainer.checkpoint_every`` steps,
+    at the end, on SIGINT/SIGTERM, and for ``best.pt``). Examples: an EMA teacher's
+    weights, a pseudo-label bank, importance weights, a closed-form transform, step
+    counters. A plugin whose behaviour after a resume would differ from an
+    uninterrupted run is missing state here (``tests/test_resume.py`` resumes every
+    installed plugin and compares bit for bit). Implement both hooks of the pair or neither.
 
     Args:
         trainer: the run's trainer.

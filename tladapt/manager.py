@@ -241,7 +241,8 @@ def make_plugin_manager(active: list[tuple[PluginInfo, dict]]) -> pluggy.PluginM
     Raises:
         ConfigError: if a plugin implements a misspelt hook or a hook with arguments
             the specification does not have (pluggy's validation and ``check_pending``),
-            naming the plugin and where it came from.
+            or only one of ``tladapt_state_dict`` / ``tladapt_load_state_dict``, naming
+            the plugin and where it came from.
     """
     from tladapt.validators import CoreValidators  # a built-in plugin in every manager
 
@@ -253,6 +254,11 @@ def make_plugin_manager(active: list[tuple[PluginInfo, dict]]) -> pluggy.PluginM
         for info, table in active:
             name = info.name
             pm.register(info.make(table), name=name)
+            pair = {"tladapt_state_dict", "tladapt_load_state_dict"}
+            if len(pair & set(info.hooks)) == 1:
+                missing = (pair - set(info.hooks)).pop()
+                raise ConfigError(f"plugin {name!r} ({info.origin}) implements {(pair & set(info.hooks)).pop()} "
+                                  f"without {missing}: its state could be saved but never restored, or the reverse")
         pm.check_pending()
     except pluggy.PluginValidationError as err:
         name = pm.get_name(err.plugin) or name

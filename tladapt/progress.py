@@ -67,6 +67,11 @@ class Progress:
             if metrics:
                 self._bar.set_postfix_str(self._metrics(metrics), refresh=False)
 
+    def advance(self, steps: int) -> None:
+        """``steps`` steps that need no training now (a resumed run's checkpointed ones)."""
+        if self._bar is not None and steps:
+            self._bar.update(steps)
+
     def end_run(self, final: dict[str, float]) -> None:
         """A run finished with the final evaluation ``final``; off a terminal, print its summary."""
         if self.enabled and not self.terminal:

@@ -1,27 +1,36 @@
-"""Run directories, TensorBoard logging without per-step host syncs, atomic files.
+"""Run directories, their status, TensorBoard logging without per-step host syncs, atomic files.
 
 Layout: ``<root>/<experiment>/<task>/<method>/seed<k>-<timestamp>/`` holding the
-TensorBoard event file, ``config.json`` (the fully resolved config),
-``results.json`` and ``checkpoint.pt``. A run never writes into an existing
-directory.
+TensorBoard event files, ``config.json`` (the fully resolved config),
+``status.json`` (:class:`RunStatus`), ``results.json`` once finished,
+``checkpoint.pt`` (the last checkpoint), ``best.pt`` (with ``trainer.keep_best``)
+and ``traceback.txt`` when the run failed. A new run never writes into an existing
+directory; only resuming a run continues in its own.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import datetime
 import json
 import os
 import re
+import socket
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams
 
+from tladapt.errors import ConfigError
 
-def _slug(text: str) -> str:
+
+def slug(text: str) -> str:
+    """``text`` as one path component: ``->`` becomes ``_to_``, other unsafe runs of characters ``_``."""
     return re.sub(r"[^A-Za-z0-9_.+=-]+", "_", text.replace("->", "_to_")).strip("_") or "_"
 
 
@@ -32,7 +41,7 @@ def new_run_dir(root: str | Path, experiment: str, task: str, method: str, seed:
     when a run of the same second exists. Creation is atomic (``mkdir`` without
     ``exist_ok``), so concurrent runs cannot share a directory.
     """
-    parent = Path(root) / _slug(experiment) / _slug(task) / _slug(method)
+    parent = run_parent(root, experiment, task, method)
     parent.mkdir(parents=True, exist_ok=True)
     stem = f"seed{seed}-{time.strftime('%Y%m%d-%H%M%S')}"
     for attempt in range(1, 10_000):
@@ -71,11 +80,9 @@ def find_checkpoint(spec: str, task: str, seed: int) -> Path:
         ConfigError: for an unknown ``{field}`` or when no checkpoint is found, naming
             what was looked for.
     """
-    from tladapt.errors import ConfigError
-
     source, _, target = task.partition("->")
     try:
-        path = Path(spec.format(source=source.strip(), target=target.strip(), task=_slug(task), seed=seed))
+        path = Path(spec.format(source=source.strip(), target=target.strip(), task=slug(task), seed=seed))
     except (KeyError, IndexError, ValueError) as err:
         raise ConfigError(f"model.init_from={spec!r}: unknown field {err} (fields: {{source}}, {{target}}, "
                           f"{{task}}, {{seed}})") from None
@@ -94,10 +101,12 @@ def find_checkpoint(spec: str, task: str, seed: int) -> Path:
 def atomic_write_bytes(path: str | Path, write) -> None:
     """Write a file atomically: ``write(fileobj)`` into a temporary sibling, then rename.
 
-    A crash leaves either the old file or the new one, never a partial file.
+    A crash leaves either the old file or the new one, never a partial file; a process
+    killed mid-write (``kill -9``) leaves a hidden ``.<name>.<random>.tmp`` sibling, which
+    :func:`clean_temp_files` removes when the run is resumed.
     """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; results are meant to be shared like any file
@@ -113,14 +122,152 @@ def atomic_write_bytes(path: str | Path, write) -> None:
         raise
 
 
+TEMP_SUFFIX = ".tmp"
+
+
+def clean_temp_files(run_dir: str | Path) -> list[Path]:
+    """Remove the temporary files a killed process left in ``run_dir`` (from
+    :func:`atomic_write_bytes`); call only when no process writes there. Returns them."""
+    stray = [p for p in Path(run_dir).glob(f".*{TEMP_SUFFIX}") if p.is_file()]
+    for p in stray:
+        p.unlink()
+    return stray
+
+
 def write_json(path: str | Path, data: Any) -> None:
     """Atomically write ``data`` as indented JSON."""
     atomic_write_bytes(path, lambda f: f.write(json.dumps(data, indent=2, sort_keys=True).encode()))
 
 
-def save_checkpoint(path: str | Path, state: dict) -> None:
-    """Atomically ``torch.save`` a checkpoint dict."""
-    atomic_write_bytes(path, lambda f: torch.save(state, f))
+# ------------------------------------------------------------------ run status
+State = Literal["running", "interrupted", "failed", "finished", "unknown"]
+
+
+def _process_start(pid: int) -> str:
+    """The kernel's start time of process ``pid`` (Linux ``/proc``), '' where unknown: with the
+    pid it tells a live run from a dead one whose pid was reused."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return ""
+
+
+@dataclass
+class RunStatus:
+    """What state a run directory is in: the contents of its ``status.json``.
+
+    Attributes:
+        state: ``running`` (a process is training it, or was killed: see :attr:`live`),
+            ``interrupted`` (stopped by Ctrl-C/SIGTERM after a checkpoint), ``failed``
+            (an error stopped it; ``error`` and ``traceback.txt`` say why), ``finished``
+            (``results.json`` is complete) or ``unknown`` (no ``status.json`` and no results).
+        step: optimizer steps done at the last checkpoint (0: none yet).
+        steps: the run's ``trainer.steps``.
+        error: one line for a failed run: the error's type and message.
+        traceback: the file name of the saved traceback (``traceback.txt``) or ''.
+        pid, host, process_start: the process that last wrote the status.
+        updated: when, as ISO 8601 local time.
+        dataset, task, method, seed, config_id: which run this is (as in ``results.json``).
+    """
+
+    state: State
+    step: int = 0
+    steps: int = 0
+    error: str = ""
+    traceback: str = ""
+    dataset: str = ""
+    task: str = ""
+    method: str = ""
+    seed: int = -1
+    config_id: str = ""
+    pid: int = 0
+    host: str = ""
+    process_start: str = ""
+    updated: str = ""
+
+    @property
+    def live(self) -> bool:
+        """True when the run is ``running`` in a process that still exists on this host (a run
+        marked ``running`` whose process is gone was killed, e.g. by ``kill -9``, and can be resumed)."""
+        if self.state != "running" or self.host != socket.gethostname() or self.pid <= 0:
+            return False
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            pass
+        return not self.process_start or _process_start(self.pid) in ("", self.process_start)
+
+    @property
+    def finished(self) -> bool:
+        """True for a run whose ``results.json`` is complete."""
+        return self.state == "finished"
+
+
+def write_status(run_dir: str | Path, state: State, **fields: Any) -> RunStatus:
+    """Atomically write ``status.json`` for this process: ``state`` plus the given
+    :class:`RunStatus` fields; fields not given keep their value from the current file
+    (``error`` and ``traceback`` are cleared unless the state is ``failed``)."""
+    old = dataclasses.asdict(read_status(run_dir))
+    if state != "failed":
+        old.update(error="", traceback="")
+    status = RunStatus(**{**old, **fields, "state": state, "pid": os.getpid(), "host": socket.gethostname(),
+                          "process_start": _process_start(os.getpid()),
+                          "updated": datetime.datetime.now().astimezone().isoformat(timespec="seconds")})
+    write_json(Path(run_dir) / "status.json", dataclasses.asdict(status))
+    return status
+
+
+def read_status(run_dir: str | Path) -> RunStatus:
+    """The run's :class:`RunStatus` from its ``status.json``; a directory without one (a run
+    from before status files) is ``finished`` when it has ``results.json``, else ``unknown``."""
+    run_dir = Path(run_dir)
+    try:
+        data = json.loads((run_dir / "status.json").read_text())
+    except FileNotFoundError:
+        return RunStatus("finished" if (run_dir / "results.json").is_file() else "unknown")
+    known = {f.name for f in dataclasses.fields(RunStatus)}
+    return RunStatus(**{k: v for k, v in data.items() if k in known})
+
+
+def run_parent(root: str | Path, experiment: str, task: str, method: str) -> Path:
+    """The folder holding the run directories of one experiment, task and method."""
+    return Path(root) / slug(experiment) / slug(task) / slug(method)
+
+
+def find_run(root: str | Path, experiment: str, task: str, method: str, seed: int, config_id: str) -> Path | None:
+    """The run directory to continue for ``(config_id, task, seed)``, or None when there is none.
+
+    Among the directories ``seed<k>-*`` of :func:`run_parent` whose status names
+    ``config_id``: the latest finished one, else the latest unfinished one.
+
+    Raises:
+        ConfigError: when the only matching runs are live (training in another process).
+    """
+    runs = [(path, read_status(path)) for path in sorted(run_parent(root, experiment, task, method).glob(f"seed{seed}-*"))
+            if path.is_dir()]
+    runs = [(path, status) for path, status in runs if status.config_id == config_id and status.seed == seed]
+    finished = [path for path, status in runs if status.finished]
+    if finished:
+        return finished[-1]
+    resumable = [path for path, status in runs if not status.live]
+    if runs and not resumable:
+        path, status = runs[-1]
+        raise ConfigError(f"run {path} is being trained by process {status.pid} on {status.host}: "
+                          f"wait for it or stop it before resuming")
+    return resumable[-1] if resumable else None
+
+
+def find_run_dirs(root: str | Path) -> list[Path]:
+    """Every run directory at or below ``root`` (a directory holding ``config.json``), sorted."""
+    root = Path(root)
+    if (root / "config.json").is_file():
+        return [root]
+    return sorted(p.parent for p in root.rglob("config.json"))
+
+
+# ------------------------------------------------------------------ TensorBoard
 
 
 class RunLogger:
@@ -131,14 +278,39 @@ class RunLogger:
     their means since the last flush. So a training step never blocks on the
     device for logging.
 
+    The event file is opened at the first write. A resumed run passes ``purge_step``,
+    the first step it will log again: TensorBoard then hides whatever the interrupted
+    process wrote at that step or later (``SummaryWriter(purge_step=...)``), so the
+    curves continue without duplicate steps.
+
     Args:
         run_dir: the run's directory (from :func:`new_run_dir`).
+        purge_step: on resume, the checkpoint's step + 1; None for a new run.
     """
 
-    def __init__(self, run_dir: str | Path):
-        self.writer = SummaryWriter(log_dir=str(run_dir))
+    def __init__(self, run_dir: str | Path, purge_step: int | None = None):
+        self.run_dir, self.purge_step = Path(run_dir), purge_step
+        self._writer: SummaryWriter | None = None
         self._sums: dict[str, torch.Tensor | float] = {}
         self._counts: dict[str, int] = {}
+
+    @property
+    def writer(self) -> SummaryWriter:
+        """The run's ``SummaryWriter``, opened on first use."""
+        if self._writer is None:
+            if self.purge_step is not None:
+                _wait_for_a_later_event_file_name(self.run_dir)
+            self._writer = SummaryWriter(log_dir=str(self.run_dir), purge_step=self.purge_step)
+        return self._writer
+
+    def state_dict(self) -> dict:
+        """The sums and counts not yet written (logged since the last :meth:`flush`)."""
+        return {"sums": dict(self._sums), "counts": dict(self._counts)}
+
+    def load_state_dict(self, state: dict, device: torch.device | str) -> None:
+        """Replace the pending sums by a saved :meth:`state_dict` (tensor sums moved to ``device``)."""
+        self._sums = {tag: v.to(device) if isinstance(v, torch.Tensor) else v for tag, v in state["sums"].items()}
+        self._counts = dict(state["counts"])
 
     def log(self, tag: str, value: torch.Tensor | float) -> None:
         """Accumulate one value of a scalar tag (no host sync)."""
@@ -180,6 +352,22 @@ class RunLogger:
         for summary in (exp, ssi, sei):
             file_writer.add_summary(summary)
 
+    def flush_to_disk(self) -> None:
+        """Hand every event written so far to the operating system (before a checkpoint, so
+        that a killed process loses nothing the checkpoint's step has logged)."""
+        if self._writer is not None:
+            self._writer.flush()
+
     def close(self) -> None:
-        """Flush and close the event file."""
-        self.writer.close()
+        """Flush and close the event file (if one was opened)."""
+        if self._writer is not None:
+            self._writer.close()
+
+
+def _wait_for_a_later_event_file_name(run_dir: Path) -> None:
+    """Event files are read in name order and named ``events.out.tfevents.<unix seconds>.<host>.<pid>...``:
+    wait until a new file's second is past every existing file's, so a resumed run's file sorts last."""
+    seconds = [int(m.group(1)) for p in run_dir.glob("events.out.tfevents.*")
+               if (m := re.match(r"events\.out\.tfevents\.(\d+)\.", p.name))]
+    while seconds and time.time() < max(seconds) + 1:
+        time.sleep(0.05)

@@ -47,7 +47,9 @@ class Run:
     Attributes:
         run_dir: the directory.
         status: ``"finished"`` (``results.json`` exists), or the state in the run's status
-            file (``"failed"``, ``"interrupted"``, ...), else ``"unfinished"``.
+            file (:func:`tladapt.runs.read_status`: ``"failed"``, ``"interrupted"``,
+            ``"running"``, or ``"killed"`` for a run marked running whose process is gone),
+            else ``"unfinished"``.
         experiment: ``experiment.name`` of its ``config.json`` ("" when unreadable).
         results: the parsed ``results.json`` of a finished run, else None.
         config: the parsed ``config.json``, or None.
@@ -75,8 +77,9 @@ def read_runs(*roots: str | Path) -> list[Run]:
     runs = []
     for d in dirs:
         results, config = _read_json(d / "results.json"), _read_json(d / "config.json")
-        status_file = _read_json(d / "status.json") or {}
-        status = "finished" if results is not None else str(status_file.get("state", "unfinished"))
+        state = read_status(d)  # a run marked running whose process is gone was killed (kill -9, a crash)
+        status = "finished" if results is not None else \
+            {"unknown": "unfinished", "running": "running" if state.live else "killed"}.get(state.state, state.state)
         experiment = (config or {}).get("experiment", {}).get("name", "")
         if results is not None and not experiment:
             experiment = Path(results["run_dir"]).parts[-4] if len(Path(results["run_dir"]).parts) >= 4 else ""

@@ -19,19 +19,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tladapt import checkpoint, signals
 from tladapt.config import Config, ConfigError
 from tladapt.data.augment import attach
 from tladapt.data.domain import Domain
 from tladapt.data.pipeline import Batch, PairedPipeline, resolve_placement
 from tladapt.data.tasks import split_source, split_target, split_task  # noqa: F401  (split_*: re-exported)
-from tladapt.errors import PluginError, TrainingDiverged
+from tladapt.errors import PluginError, RunInterrupted, TrainingDiverged
 from tladapt.manager import call_each
 from tladapt.models import build_backbone
 from tladapt.plugin import Term
 from tladapt.plots import scalars_layout
 from tladapt.progress import Progress
-from tladapt.runs import RunLogger, find_checkpoint, save_checkpoint, write_json
-from tladapt.validators import RunValidators, available_validators, better, choose_validators, tag_direction
+from tladapt.runs import RunLogger, find_checkpoint, write_json, write_status
+from tladapt.validators import RunValidators, available_validators, choose_validators
 from tladapt.threads import choose_threads, run_threads, step_flops
 
 
@@ -75,16 +76,6 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def keep_best_direction(tag: str, directions: dict[str, str]) -> str:
-    """The direction of ``trainer.keep_best``'s tag (:func:`tladapt.validators.tag_direction`;
-    ``"max"`` when unset).
-
-    Raises:
-        ConfigError: for a tag that is neither a validator of the run nor an accuracy.
-    """
-    return tag_direction(tag, directions, "trainer.keep_best") if tag else "max"
-
-
 class Trainer:
     """Trains one task with one seed and the active plugins.
 
@@ -93,8 +84,11 @@ class Trainer:
         source: labelled source domain (any device; moved to the training device).
         target: target domain; its labels are used only for oracle evaluation.
         pm: the run's plugin manager (:func:`tladapt.manager.make_plugin_manager`).
-        run_dir: a fresh run directory (:func:`tladapt.runs.new_run_dir`).
+        run_dir: a fresh run directory (:func:`tladapt.runs.new_run_dir`), or the
+            directory of the run that ``resume`` continues.
         seed: seeds torch, numpy, ``random``, the source split and the samplers.
+        resume: a checkpoint of this run (:func:`tladapt.checkpoint.load`) to continue
+            from; :meth:`fit` restores it after ``tladapt_fit_start``.
 
     Raises:
         ConfigError / ValueError: before any training, for an unavailable device,
@@ -116,12 +110,16 @@ class Trainer:
     own head for a target task with other classes), ``classes`` (head name -> class
     names, None for a head nothing trains), ``modules``, ``feature_dim``,
     ``num_classes`` (the target head's classes), ``step``, ``progress``,
-    ``add_module``, ``log`` (per-step scalars) and ``histogram`` (whole-dataset tensors).
+    ``add_module``, ``log`` (per-step scalars), ``histogram`` (whole-dataset tensors) and
+    ``resuming`` (True while a resumed run is built and started: a plugin may skip
+    expensive ``tladapt_fit_start`` work whose result its ``tladapt_load_state_dict``
+    restores).
     """
 
     def __init__(self, config: Config, source: Domain | None, target: Domain, pm: pluggy.PluginManager,
-                 run_dir: str | Path, seed: int, source_name: str = ""):
+                 run_dir: str | Path, seed: int, source_name: str = "", resume: dict | None = None):
         self.config, self.pm, self.seed, self.run_dir = config, pm, seed, Path(run_dir)
+        self._resume, self.resuming = resume, resume is not None
         cfg = config.trainer
         self.device = resolve_device(cfg.device)
         if (source is None) != config.data.source_free:
@@ -163,7 +161,7 @@ class Trainer:
             self.classes["source_head"] = self.source.classes
         self.modules.to(self.device)
         self.init_report: dict[str, str] = {}
-        if m.init_from:
+        if m.init_from and not self.resuming:  # a resumed run restores its own weights
             self._init_from(m.init_from)
         self._lr_mult = {name: 1.0 for name in self.modules}
         if m.weights:  # a pretrained feature extractor trains slower than the new layers (TLlib, DANN: 0.1)
@@ -174,9 +172,12 @@ class Trainer:
             choose_validators(available_validators(pm), config.validation.validators, labelled_val)
             if self.classes["head"] is not None else [],
             config.validation.max_samples, seed)
-        self.keep_best_direction = keep_best_direction(cfg.keep_best, self.validators.directions)
-        self.best: dict | None = None
-        self.logger = RunLogger(self.run_dir)
+        self.best = None if not cfg.keep_best else checkpoint.BestCheckpoint(
+            cfg.keep_best, checkpoint.best_direction(cfg.keep_best, cfg.keep_best_mode, self.validators.directions))
+        every = cfg.checkpoint_every
+        self.checkpoint_every = max(1, math.ceil(cfg.steps / 10)) if every == "auto" else every
+        self.run_dir.mkdir(parents=True, exist_ok=True)  # new_run_dir made it; a test or script may not have
+        self.logger = RunLogger(self.run_dir, purge_step=None if resume is None else resume["step"] + 1)
         self.logger.writer.add_custom_scalars(scalars_layout())  # TensorBoard opens the run on what matters
 
         self.extra_domains: dict[str, Domain] = {}
@@ -244,7 +245,7 @@ class Trainer:
             ConfigError: no checkpoint at ``path``, or a backbone that does not fit.
         """
         file = find_checkpoint(path, f"{self.source_name}->{self.target.name}", self.seed)
-        ckpt = torch.load(file, map_location=self.device, weights_only=False)
+        ckpt = checkpoint.load(file, f"model.init_from={path!r}")
         state, saved = ckpt["modules"], ckpt.get("classes", {"head": self.classes["head"]})
         load = {k: v for k, v in state.items() if k.split(".", 1)[0] == "backbone"}
         self.init_report = {"backbone": str(path)}
@@ -448,46 +449,62 @@ class Trainer:
                                        f"lower trainer.lr or the loss weights")
         if done % cfg.eval_every == 0 or done == cfg.steps:
             self.history.append({"step": done, **self.evaluate()})
-            self._keep_best(self.history[-1])
+            if self.best is not None and self.best.update(self.history[-1]):
+                checkpoint.save(self.run_dir / "best.pt", checkpoint.capture(self))
+        if self.checkpoint_every and done % self.checkpoint_every == 0 and done < cfg.steps:
+            self.save_checkpoint()
 
-    def _keep_best(self, record: dict) -> None:
-        """Write ``best.pt`` when ``trainer.keep_best``'s tag improved at this evaluation point."""
-        tag = self.config.trainer.keep_best
-        if not tag:
-            return
-        value = record.get(tag, math.nan)
-        if self.best is None or better(value, self.best["value"], self.keep_best_direction):
-            self.best = {"tag": tag, "direction": self.keep_best_direction, "step": record["step"], "value": value}
-            save_checkpoint(self.run_dir / "best.pt", self.state_dict())
+    def save_checkpoint(self) -> None:
+        """Write ``checkpoint.pt`` (atomically, replacing the last one) after the last finished
+        step, with the TensorBoard events so far handed to the OS first, and record its step
+        in ``status.json``."""
+        self.logger.flush_to_disk()
+        checkpoint.save(self.run_dir / "checkpoint.pt", checkpoint.capture(self))
+        write_status(self.run_dir, "running", step=self.steps_done, steps=self.config.trainer.steps)
 
     def fit(self, progress: Progress | None = None) -> dict:
-        """Run the whole training; return the results written to ``results.json``.
-
-        Runs with the run's intra-op thread count (``self.threads``), restored afterwards.
+        """Run the whole training (or the rest of it, when resuming) with the run's intra-op
+        thread count (``self.threads``, restored afterwards); return the results written to
+        ``results.json``.
 
         Args:
             progress: the command's progress display (:class:`tladapt.progress.Progress`);
                 None: one of this run's own (when ``trainer.progress``).
+
+        Raises:
+            RunInterrupted: after SIGINT or SIGTERM, at the end of the step under way and
+                after a checkpoint (:mod:`tladapt.signals`).
         """
         cfg = self.config.trainer
         own = progress is None
         if own:
             progress = Progress(1, cfg.steps, enabled=cfg.progress)
         progress.start_run(f"{self.source_name}->{self.target.name}", self.config.experiment.method, self.seed)
-        with run_threads(self.threads.threads):
-            self.start()
-            for _ in range(cfg.steps):
-                self.advance()
-                evaluated = self.history and self.history[-1]["step"] == self.steps_done
-                progress.step(self.history[-1] if evaluated else None)
-            results = self.finish()
+        try:
+            with run_threads(self.threads.threads), signals.stop_signals():
+                self.start()
+                if self._resume is not None:
+                    checkpoint.restore(self, self._resume)
+                    self._resume, self.resuming = None, False
+                    progress.advance(self.steps_done)
+                while self.steps_done < cfg.steps:
+                    self.advance()
+                    evaluated = self.history and self.history[-1]["step"] == self.steps_done
+                    progress.step(self.history[-1] if evaluated else None)
+                    if signals.requested() is not None and self.steps_done < cfg.steps:
+                        self.save_checkpoint()
+                        self.logger.close()
+                        raise RunInterrupted(signals.requested(), self.run_dir, self.steps_done, cfg.steps)
+                results = self.finish()
+        finally:
+            if own:
+                progress.close()
         progress.end_run(results["final"])
-        if own:
-            progress.close()
         return results
 
     def finish(self) -> dict:
-        """``tladapt_fit_end``, then ``results.json``, the checkpoint and the hparams entry."""
+        """The final checkpoint, ``tladapt_fit_end``, then ``results.json`` and the hparams entry
+        (``checkpoint.pt`` is deleted afterwards with ``trainer.checkpoint = false``)."""
         cfg = self.config.trainer
         results = {
             "task": f"{self.source_name}->{self.target.name}",
@@ -506,16 +523,17 @@ class Trainer:
         if self.init_report:
             results["init_from"] = self.init_report
         if self.best is not None:
-            results["best"] = self.best
+            results["best"] = self.best.summary()
+        self.save_checkpoint()
         self.pm.hook.tladapt_fit_end(trainer=self, results=results)
         write_json(self.run_dir / "results.json", results)
-        if cfg.checkpoint:
-            save_checkpoint(self.run_dir / "checkpoint.pt", self.state_dict())
         if cfg.plots:
             self.plot("end", self.steps_done)
         headline = {k: v for k, v in self.history[-1].items() if k == "oracle/target_acc" or k.startswith("metrics/")}
         self.logger.hparams(self._hparams(), headline)
         self.logger.close()
+        if not cfg.checkpoint:
+            (self.run_dir / "checkpoint.pt").unlink(missing_ok=True)
         self.modules.eval()  # a trained model is used for inference from here on
         return results
 
@@ -562,17 +580,8 @@ class Trainer:
         return tagged
 
     def state_dict(self) -> dict:
-        """Everything needed to restore the run: modules, optimizer, schedule, step, RNG, config."""
-        return {
-            "step": self.step + 1,
-            "seed": self.seed,
-            "modules": self.modules.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
-            "config": self.config.to_dict(),
-            "classes": {name: None if c is None else list(c) for name, c in self.classes.items()},
-        }
+        """Everything the run's future depends on (:func:`tladapt.checkpoint.capture`)."""
+        return checkpoint.capture(self)
 
     def _hparams(self) -> dict:
         flat = {"task": f"{self.source_name}->{self.target.name}"}  # this run's task, not the experiment's list

@@ -16,7 +16,6 @@ deep neural networks?", NIPS 2014. Domain distance: :mod:`tladapt.distance`.
 from __future__ import annotations
 
 import dataclasses
-import json
 import statistics
 from pathlib import Path
 
@@ -29,13 +28,14 @@ from sklearn.svm import LinearSVC
 from tabulate import tabulate
 from torch import nn
 
-from tladapt.config import Config, ConfigError, build_config, parse_task
+from tladapt import checkpoint
+from tladapt.config import Config, ConfigError, load_run_config, parse_task
 from tladapt.data.datasets import load_domain
 from tladapt.data.domain import Domain
 from tladapt.data.tasks import TaskSplits, load_task, split_task
 from tladapt.distance import mmd_distance, proxy_a_distance
 from tladapt.models import build_backbone
-from tladapt.runs import RunLogger, new_run_dir, write_json
+from tladapt.runs import RunLogger, new_run_dir, write_json, write_status
 
 REGIMES = {
     "linear_top": "1. small & similar: linear classifier on the frozen source network's top features",
@@ -110,11 +110,11 @@ def load_model(run_dir: str | Path, input_shape: tuple[int, ...] | None = None) 
     for name in ("config.json", "checkpoint.pt"):
         if not (run_dir / name).is_file():
             raise ConfigError(f"{run_dir}: no {name} (expected a run directory of a run with trainer.checkpoint = true)")
-    config = build_config(json.loads((run_dir / "config.json").read_text()))
+    config = load_run_config(run_dir)
     if input_shape is None:
         source_name, _ = parse_task(config.data.tasks[0])
         input_shape = load_domain(config.data.dataset, source_name).input_shape
-    state = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=False)["modules"]
+    state = checkpoint.load(run_dir / "checkpoint.pt", f"the model of run {run_dir}")["modules"]
     m = config.model
     backbone = build_backbone(m.backbone, input_shape, m.hidden, m.dropout)
     model = nn.ModuleDict({"backbone": backbone, "head": nn.Linear(backbone.out_features, state["head.weight"].shape[0])})
@@ -274,6 +274,8 @@ def run_feature_transfer(config: Config, model_dir: str | Path, layer: str = "ba
             logger.scalars({k: v for k, v in final.items() if k != "step"}, 0)
             logger.close()
             write_json(run_dir / "results.json", result)
+            write_status(run_dir, "finished", dataset=config.data.dataset, task=task, method=method, seed=seed,
+                         config_id=config.fingerprint())
             results.append(result)
     return results
 

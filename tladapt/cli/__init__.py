@@ -5,10 +5,12 @@ the order ``--help`` shows them."""
 from __future__ import annotations
 
 import argparse
+import shlex
+import signal
 import sys
 
 from tladapt.cli import advise, config, datasets, distance, plot, plugins, run, select, sweep, table
-from tladapt.errors import ConfigError, PluginError, TrainingDiverged
+from tladapt.errors import ConfigError, PluginError, RunInterrupted, TrainingDiverged
 
 #: The sub-command modules, in ``--help`` order.
 COMMANDS = (run, plugins, config, datasets, table, select, sweep, plot, distance, advise)
@@ -46,8 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``tladapt`` command; returns the exit status: 2 on bad input (before
-    any training), 1 when plugins break the contract or training diverges."""
+    """Entry point of the ``tladapt`` command; returns the exit status (documented in
+    ``docs/runs.md``): 0 done, 1 a run failed, 2 bad input (before any training),
+    130 / 143 interrupted by SIGINT / SIGTERM after a checkpoint."""
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
@@ -57,3 +61,19 @@ def main(argv: list[str] | None = None) -> int:
     except (PluginError, TrainingDiverged) as err:
         print(f"tladapt: error: {err}", file=sys.stderr)
         return 1
+    except RunInterrupted as stop:
+        print(f"tladapt: {_interrupted(stop, argv)}", file=sys.stderr)
+        return 128 + stop.signum
+    except KeyboardInterrupt:
+        print("tladapt: interrupted", file=sys.stderr)
+        return 128 + signal.SIGINT
+
+
+def _interrupted(stop: RunInterrupted, argv: list[str]) -> str:
+    """One line: what was interrupted, and the command that resumes it."""
+    name = signal.Signals(stop.signum).name
+    again = shlex.join(["tladapt", *argv] + ([] if "--resume" in argv else ["--resume"]))
+    if stop.run_dir is None:
+        return f"interrupted by {name} between runs; continue with: {again}"
+    return (f"interrupted by {name} at step {stop.step}/{stop.steps} of {stop.run_dir} (checkpoint saved); "
+            f"resume with: {again}   (or this run alone: tladapt run --resume {stop.run_dir})")

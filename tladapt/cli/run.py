@@ -6,8 +6,10 @@ import argparse
 import json
 import sys
 from importlib import resources
+from pathlib import Path
 
 from tladapt.cli.args import add_enable_arg, add_plugin_arg, add_set_arg
+from tladapt.errors import ConfigError
 
 DEFAULT_CONFIGS = ("default.toml", "default_dann.toml")
 
@@ -25,6 +27,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--seeds", help="seeds to run: '0', '0-2' or '0,3,5'")
     run.add_argument("--runs-dir", help="root of the run directories (default: experiment.runs_dir, 'runs')")
     run.add_argument("--init-from", metavar="RUN_DIR", help="start backbone and head from this run (model.init_from)")
+    run.add_argument("--resume", nargs="?", const="", metavar="RUN_DIR",
+                     help="with a run directory (or any folder above runs): resume it (every unfinished run below "
+                          "it), skipping finished ones; without one: run the configs again, reusing their finished "
+                          "runs and resuming their unfinished ones instead of starting over")
     add_plugin_arg(run)
     add_enable_arg(run)
     run.add_argument("--show-oracle", action="store_true",
@@ -35,9 +41,22 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def main(args) -> int:
     """Run ``tladapt run``; returns the exit status."""
     from tladapt.config import load_configs
-    from tladapt.experiment import prepare_all, progress_for, run_experiment
+    from tladapt.experiment import prepare_all, progress_for, resume_runs, run_experiment
     from tladapt.tables import build_table, render_table
 
+    if args.resume and Path(args.resume).is_dir():
+        given = [flag for flag, value in (("CONFIG", args.configs), ("--set", args.set), ("--seeds", args.seeds),
+                                          ("--runs-dir", args.runs_dir), ("--init-from", args.init_from)) if value]
+        if given:
+            raise ConfigError(f"--resume {args.resume} continues runs with their saved configs: "
+                              f"{', '.join(given)} cannot change them")
+        results = resume_runs(args.resume, args.plugin)
+        print(render_table(build_table(results)))
+        return 0
+    if args.resume:  # --resume CONFIG.toml: the config to run again with resume
+        if not Path(args.resume).is_file():
+            raise ConfigError(f"--resume {args.resume}: no such run directory or config file")
+        args.configs = [args.resume, *args.configs]
     paths = args.configs or _default_config_paths()
     overrides = args.set + ([f"model.init_from={json.dumps(args.init_from)}"] if args.init_from else [])
     overrides += [f"experiment.runs_dir={json.dumps(args.runs_dir)}"] if args.runs_dir else []
@@ -49,7 +68,7 @@ def main(args) -> int:
     results = []
     progress = progress_for(configs, oracle=args.show_oracle)
     for config in configs:
-        results += run_experiment(config, args.plugin, progress)
+        results += run_experiment(config, args.plugin, progress, resume=args.resume is not None)
     progress.close()
     print(render_table(build_table(results)))
     print(f"\nRun directories (TensorBoard: tensorboard --logdir {configs[0].experiment.runs_dir}):")

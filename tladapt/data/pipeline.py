@@ -121,6 +121,23 @@ class IndexStream:
         self._next += 1
         return self._epoch[self._next - 1]
 
+    def state_dict(self) -> dict:
+        """Where the stream stands: the generator's state (``uint8`` CPU tensor), the current
+        epoch's ``(batches, batch_size)`` int64 permutation and the next batch's position."""
+        return {"generator": self.generator.get_state(), "epoch": self._epoch, "next": self._next}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue exactly where :meth:`state_dict` was taken (tensors may come from the CPU).
+
+        Raises:
+            ValueError: if the saved epoch does not fit this stream's batch size.
+        """
+        epoch = state["epoch"].to(self.generator.device)
+        if epoch.ndim != 2 or epoch.shape[1] != self.batch_size:
+            raise ValueError(f"saved index stream of shape {tuple(epoch.shape)} does not fit batch size {self.batch_size}")
+        self.generator.set_state(state["generator"].cpu())
+        self._epoch, self._next = epoch, int(state["next"])
+
 
 class HostSampler:
     """Batches of a domain kept in host memory, copied to the device one step ahead.
@@ -164,6 +181,18 @@ class HostSampler:
         self._ahead = self._fetch()
         return idx, rows
 
+    def state_dict(self) -> dict:
+        """The index stream's state and the indices of the batch fetched ahead."""
+        return {"stream": self.stream.state_dict(), "ahead": self._ahead[0].cpu()}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue where :meth:`state_dict` was taken: the stream, and the batch ahead fetched again."""
+        self.stream.load_state_dict(state["stream"])
+        idx = state["ahead"].cpu()
+        rows = torch.empty((idx.shape[0], *self.x.shape[1:]), dtype=self.x.dtype, pin_memory=self._side is not None)
+        torch.index_select(self.x, 0, idx, out=rows)
+        self._ahead = (idx, rows) if self._side is None else (idx.to(self.device), rows.to(self.device))
+
 
 class _DeviceSampler:
     """Batches of a device-resident domain: indices drawn and rows gathered on the device."""
@@ -174,6 +203,12 @@ class _DeviceSampler:
     def next(self) -> tuple[torch.Tensor, torch.Tensor]:
         idx = self.stream.next()
         return idx, self.x[idx]
+
+    def state_dict(self) -> dict:
+        return {"stream": self.stream.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.stream.load_state_dict(state["stream"])
 
 
 class PairedPipeline:
@@ -229,6 +264,25 @@ class PairedPipeline:
         for i, (name, dom) in enumerate(self.extra.items()):
             self._samplers[f"extra:{name}"] = sampler(f"extra:{name}", dom, 3 + i, min(batch_size, len(dom)), False)
         self.source, self.target, self.labelled = source, target, labelled
+
+    def state_dict(self) -> dict:
+        """Where every random draw stands: each sampler's index stream (and batch fetched ahead)
+        and each augmentation generator's state, by role."""
+        return {"samplers": {role: s.state_dict() for role, s in self._samplers.items()},
+                "augment": {name: g.get_state() for name, g in self.generators.items() if name.endswith("_augment")}}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue every draw exactly where :meth:`state_dict` was taken.
+
+        Raises:
+            ValueError: if the saved pipeline has other domains (roles) than this one.
+        """
+        if set(state["samplers"]) != set(self._samplers):
+            raise ValueError(f"saved pipeline samples {sorted(state['samplers'])}, this one {sorted(self._samplers)}")
+        for role, sampler in self._samplers.items():
+            sampler.load_state_dict(state["samplers"][role])
+        for name, gen_state in state["augment"].items():
+            self.generators[name].set_state(gen_state.cpu())
 
     def _draw(self, role: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         idx, rows = self._samplers[role].next()
