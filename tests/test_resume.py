@@ -40,6 +40,9 @@ CASES = [
     ("finetune", ["plugins.finetune.init='scratch'", "plugins.finetune.freeze_depth=1",
                   "plugins.finetune.reinit_head=true", "model.hidden=[32, 16]"]),
     ("dann+self_training", ["plugins.dann.hidden=[16]", "plugins.self_training.teacher='ema'"]),
+    ("host_placement", ["data.placement='host'", "plugins.dann.hidden=[16]"]),  # batches fetched one step ahead
+    ("image_augmentation", ["data.dataset='mnist_usps_jda'", "data.tasks=['usps->mnist']", "augment.train='standard'",
+                            "augment.flip=false", "augment.color_jitter=[0.2, 0.2, 0.0, 0.0]"]),
 ]
 _named = {o.split(".")[1] for _, overrides in CASES for o in overrides if o.startswith("plugins.")}
 CASES += [(name, [f"plugins.{name}={{}}"]) for name in sorted(installed_plugins()) if name not in _named]

@@ -62,10 +62,11 @@ def test_table_lists_interrupted_runs_and_never_averages_them(fast_config, monke
 
 
 def test_a_killed_run_shows_as_killed(fast_config, monkeypatch, capsys):
+    run_experiment(fast_config("experiment.seeds=[1]"))
     stop_at(monkeypatch, 10, "crash")
     with pytest.raises(RuntimeError):
         run_experiment(fast_config())
-    [run_dir] = {p.parent for p in Path(fast_config().experiment.runs_dir).rglob("config.json")}
+    [run_dir] = {p.parent for p in Path(fast_config().experiment.runs_dir).rglob("seed0-*/config.json")}
     status = json.loads((run_dir / "status.json").read_text())
     status.update(state="running", pid=2 ** 22 + 7, error="", traceback="")  # as a kill -9 leaves it
     (run_dir / "status.json").write_text(json.dumps(status))
@@ -93,8 +94,7 @@ def test_keep_best_keeps_the_best_evaluation(fast_config, monkeypatch):
     [r] = run_experiment(fast_config("trainer.keep_best='metrics/source_val_acc'", "trainer.eval_every=5"))
     accs = [(h["metrics/source_val_acc"], h["step"]) for h in r["history"]]
     best_value, best_step = max(accs, key=lambda a: (a[0], -a[1]))  # ties: the earliest
-    assert r["best"] == {"tag": "metrics/source_val_acc", "mode": "max", "step": best_step, "value": best_value,
-                         "oracle": False, "file": "best.pt"}
+    assert r["best"] == {"tag": "metrics/source_val_acc", "direction": "max", "step": best_step, "value": best_value}
     best = torch.load(Path(r["run_dir"]) / "best.pt", weights_only=True)
     assert best["step"] == best_step and best["history"][-1]["metrics/source_val_acc"] == best_value
     with pytest.raises(tladapt.config.ConfigError, match=r"trainer.keep_best = 'metrics/nope_acc' is not a metric "

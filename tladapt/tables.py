@@ -21,6 +21,7 @@ from tabulate import tabulate
 from tladapt.config import parse_task
 from tladapt.data.datasets import DATASETS
 from tladapt.errors import ConfigError
+from tladapt.runs import read_status
 from tladapt.selection import GROUP, ORACLE_TAG, Selection, choose, make_selection, summarize
 
 Format = Literal["markdown", "csv", "json"]
