@@ -23,6 +23,7 @@ RESUMABLE = ["trainer.steps=24", "trainer.checkpoint_every=8", "trainer.log_ever
 
 #: (case, overrides). Every installed plugin that no case names gets a case with its defaults
 #: below; a plugin that needs options to run on the default task adds its case here.
+#: ``{source_run}`` stands for a finished source-only run of the same task (for model.init_from).
 CASES = [
     ("source_only", []),
     ("dann", ["plugins.dann.hidden=[16]"]),
@@ -40,11 +41,12 @@ CASES = [
     ("finetune", ["plugins.finetune.init='scratch'", "plugins.finetune.freeze_depth=1",
                   "plugins.finetune.reinit_head=true", "model.hidden=[32, 16]"]),
     ("dann+self_training", ["plugins.dann.hidden=[16]", "plugins.self_training.teacher='ema'"]),
+    ("shot", ["plugins.shot={}", "model.init_from='{source_run}'", "data.source_free=true"]),
     ("host_placement", ["data.placement='host'", "plugins.dann.hidden=[16]"]),  # batches fetched one step ahead
     ("image_augmentation", ["data.dataset='mnist_usps_jda'", "data.tasks=['usps->mnist']", "augment.train='standard'",
                             "augment.flip=false", "augment.color_jitter=[0.2, 0.2, 0.0, 0.0]"]),
 ]
-_named = {o.split(".")[1] for _, overrides in CASES for o in overrides if o.startswith("plugins.")}
+_named = {o.split("=")[0].split(".")[1] for _, overrides in CASES for o in overrides if o.startswith("plugins.")}
 CASES += [(name, [f"plugins.{name}={{}}"]) for name in sorted(installed_plugins()) if name not in _named]
 
 
@@ -87,8 +89,14 @@ def stop_at(monkeypatch, step: int, how: str):
 
 
 @pytest.fixture
-def case_config(fast_config):
+def case_config(fast_config, tmp_path):
+    source_run = []
+
     def make(overrides, runs):
+        if any("{source_run}" in o for o in overrides) and not source_run:
+            [r] = run_experiment(fast_config(*RESUMABLE, f"experiment.runs_dir='{tmp_path / 'source'}'"))
+            source_run.append(r["run_dir"])
+        overrides = [o.replace("{source_run}", source_run[0]) if source_run else o for o in overrides]
         return fast_config(*RESUMABLE, *overrides, f"experiment.runs_dir='{runs}'")
     return make
 
@@ -153,7 +161,7 @@ def tladapt_cmd(*args):
     return [sys.executable, "-m", "tladapt.cli", *map(str, args)]
 
 
-RUN = ["--set", "data.tasks=['webcam->dslr']", "--set", "experiment.seeds=[0]", "--set", "trainer.steps=150",
+RUN = ["--enable", "slow", "--set", "data.tasks=['webcam->dslr']", "--set", "experiment.seeds=[0]", "--set", "trainer.steps=150",
        "--set", "trainer.checkpoint_every=40", "--set", "trainer.eval_every=30", "--set", "trainer.log_every=7",
        "--set", "model.hidden=[32]", "--set", "plugins.dann.hidden=[16]", "--set", "trainer.progress=false"]
 
@@ -166,7 +174,8 @@ def slow_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("straight")
     slow = tmp / "slow.py"
     slow.write_text(SLOW_PLUGIN)
-    config = load_config(ROOT / "tladapt/configs/default_dann.toml", RUN[1::2] + [f"experiment.runs_dir='{tmp}'"])
+    config = load_config(ROOT / "tladapt/configs/default_dann.toml", RUN[3::2] + [f"experiment.runs_dir='{tmp}'"],
+                         enable=["slow"])
     [straight] = run_experiment(config, [str(slow)])
     return slow, Path(straight["run_dir"])
 

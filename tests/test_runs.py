@@ -38,7 +38,7 @@ def test_status_follows_a_run_and_a_failed_run_keeps_its_traceback(fast_config, 
     plugin = tmp_path / "boom.py"
     plugin.write_text("import tladapt\n\n" + __import__("inspect").getsource(Boom))
     with pytest.raises(ZeroDivisionError):
-        run_experiment(fast_config("trainer.checkpoint_every=2"), [str(plugin)])
+        run_experiment(fast_config("trainer.checkpoint_every=2", "plugins.boom={}"), [str(plugin)])
     [failed] = [p.parent for p in Path(fast_config().experiment.runs_dir).rglob("config.json") if "boom" in str(p)]
     status = read_status(failed)
     assert (status.state, status.step, status.error) == ("failed", 2, "ZeroDivisionError: boom at step 3")

@@ -13,6 +13,7 @@ A checkpoint is one dict of tensors and plain Python containers, which is all th
     scheduler    the learning-rate schedule's state_dict()
     history      the evaluations so far (what results.json's history will hold)
     classes      the class names each head predicts (model.init_from matches heads by them)
+    init_from    what model.init_from started where (results.json's init_from)
     pipeline     each index stream: generator state, current epoch permutation, position
     logger       the run logger's sums and counts not yet written to TensorBoard
     best         trainer.keep_best's best value and step, or None
@@ -141,6 +142,7 @@ def capture(trainer: Trainer) -> dict[str, Any]:
         "scheduler": trainer.scheduler.state_dict(),
         "history": trainer.history,
         "classes": {name: None if c is None else list(c) for name, c in trainer.classes.items()},
+        "init_from": dict(trainer.init_report),
         "pipeline": trainer.pipeline.state_dict(),
         "logger": trainer.logger.state_dict(),
         "best": None if trainer.best is None else trainer.best.state_dict(),
@@ -177,6 +179,7 @@ def restore(trainer: Trainer, state: dict[str, Any]) -> None:
     trainer.step = max(steps - 1, 0)  # as after the last finished step
     trainer.progress = trainer.step / trainer.config.trainer.steps
     trainer.history = list(state["history"])
+    trainer.init_report = dict(state["init_from"])
     trainer.pipeline.load_state_dict(state["pipeline"])
     trainer.logger.load_state_dict(state["logger"], trainer.device)
     if trainer.best is not None and state["best"] is not None:

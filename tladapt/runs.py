@@ -22,9 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import torch
-from torch.utils.tensorboard import SummaryWriter
-from torch.utils.tensorboard.summary import hparams
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # torch and TensorBoard load on first use: reading run states (tladapt table) needs neither
+    import torch
+    from torch.utils.tensorboard import SummaryWriter
 
 from tladapt.errors import ConfigError
 
@@ -300,6 +302,8 @@ class RunLogger:
         if self._writer is None:
             if self.purge_step is not None:
                 _wait_for_a_later_event_file_name(self.run_dir)
+            from torch.utils.tensorboard import SummaryWriter
+
             self._writer = SummaryWriter(log_dir=str(self.run_dir), purge_step=self.purge_step)
         return self._writer
 
@@ -309,12 +313,12 @@ class RunLogger:
 
     def load_state_dict(self, state: dict, device: torch.device | str) -> None:
         """Replace the pending sums by a saved :meth:`state_dict` (tensor sums moved to ``device``)."""
-        self._sums = {tag: v.to(device) if isinstance(v, torch.Tensor) else v for tag, v in state["sums"].items()}
+        self._sums = {tag: v if isinstance(v, float) else v.to(device) for tag, v in state["sums"].items()}
         self._counts = dict(state["counts"])
 
     def log(self, tag: str, value: torch.Tensor | float) -> None:
         """Accumulate one value of a scalar tag (no host sync)."""
-        if isinstance(value, torch.Tensor):
+        if not isinstance(value, (float, int)):
             value = value.detach()
         self._sums[tag] = self._sums.get(tag, 0.0) + value
         self._counts[tag] = self._counts.get(tag, 0) + 1
@@ -324,6 +328,8 @@ class RunLogger:
         if not self._sums:
             return {}
         tags = list(self._sums)
+        import torch
+
         tensors = [t for t in tags if isinstance(self._sums[t], torch.Tensor)]
         values = dict(zip(tensors, torch.stack([self._sums[t].float() for t in tensors]).tolist())) if tensors else {}
         means = {}
@@ -347,6 +353,8 @@ class RunLogger:
     def hparams(self, params: dict[str, Any], metrics: dict[str, float]) -> None:
         """Write the run's hparams entry into its own event file (no sub-run directory)."""
         params = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in params.items()}
+        from torch.utils.tensorboard.summary import hparams
+
         exp, ssi, sei = hparams(params, metrics)
         file_writer = self.writer.file_writer
         for summary in (exp, ssi, sei):

@@ -248,9 +248,9 @@ class SweepSpec:
 
 def experiment_folder(config) -> Path:
     """``<runs_dir>/<experiment name>``: where a sweep keeps its study, beside its runs."""
-    from tladapt.runs import _slug  # the rule that names run directories
+    from tladapt.runs import slug  # the rule that names run directories
 
-    return Path(config.experiment.runs_dir) / _slug(config.experiment.name)
+    return Path(config.experiment.runs_dir) / slug(config.experiment.name)
 
 
 def default_study_name(config, space: SearchSpace, objective: str) -> str:
