@@ -42,6 +42,8 @@ CASES = [
                   "plugins.finetune.reinit_head=true", "model.hidden=[32, 16]"]),
     ("dann+self_training", ["plugins.dann.hidden=[16]", "plugins.self_training.teacher='ema'"]),
     ("shot", ["plugins.shot={}", "model.init_from='{source_run}'", "data.source_free=true"]),
+    ("pytorch_adapt", ["plugins.pytorch_adapt.terms={mcc = {layer = 'MCCLoss', inputs = ['logits_t']}, "
+                       "coral = {layer = 'CORALLoss', inputs = ['features_s', 'features_t']}}"]),
     ("host_placement", ["data.placement='host'", "plugins.dann.hidden=[16]"]),  # batches fetched one step ahead
     ("image_augmentation", ["data.dataset='mnist_usps_jda'", "data.tasks=['usps->mnist']", "augment.train='standard'",
                             "augment.flip=false", "augment.color_jitter=[0.2, 0.2, 0.0, 0.0]"]),
