@@ -74,12 +74,21 @@ def test_host_sampler_fetches_one_batch_ahead():
     x = torch.arange(20 * 3, dtype=torch.uint8).view(20, 3)
     stream = IndexStream(20, 4, torch.Generator().manual_seed(0))
     ref = IndexStream(20, 4, torch.Generator().manual_seed(0))
-    sampler = HostSampler(x, stream, torch.device("cpu"))
+    sampler = HostSampler(Domain("d", x, None, ("a",)), stream, torch.device("cpu"))
     first = ref.next()
     assert sampler._ahead[0].equal(first)  # fetched at construction, before the first step
     for expected in [first] + [ref.next() for _ in range(6)]:
         idx, rows = sampler.next()
         assert torch.equal(idx, expected) and torch.equal(rows, x[expected])
+    # an index view (a split) is sampled through its index: positions in the view, rows of the storage
+    keep = torch.arange(19, -1, -1)[::2]  # 10 rows, reversed
+    view_sampler = HostSampler(Domain("d", x, None, ("a",)).subset(keep), IndexStream(10, 4, torch.Generator().manual_seed(1)),
+                               torch.device("cpu"))
+    ref = IndexStream(10, 4, torch.Generator().manual_seed(1))
+    for _ in range(4):
+        idx, rows = view_sampler.next()
+        expected = ref.next()
+        assert torch.equal(idx, expected) and torch.equal(rows, x[keep[expected]])
 
 
 def test_auto_placement_is_the_device_on_cpu_and_explicit_choices_win():

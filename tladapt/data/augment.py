@@ -551,5 +551,5 @@ def attach(domain, section):
 
     if domain.image is None:
         return domain
-    spec = resolve_spec(domain.image, domain.x.shape[-1], domain.x.shape[1], section)
+    spec = resolve_spec(domain.image, domain.storage.shape[-1], domain.storage.shape[1], section)
     return replace(domain, transform=EvalTransform(spec), augment=Augmentation(spec))

@@ -425,7 +425,7 @@ def load_domain(dataset: str, domain: str, dtype: torch.dtype | None = None, ima
     x = _preprocess(dataset, domain, x_orig)
     return Domain(
         name=domain,
-        x=torch.tensor(x, dtype=dtype),  # torch.tensor always copies
+        storage=torch.tensor(x, dtype=dtype),  # torch.tensor always copies
         y=torch.tensor(y, dtype=torch.int64),
         classes=info.classes,
         image=_digits_format() if dataset == "digits" else None,

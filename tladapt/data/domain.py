@@ -21,8 +21,10 @@ class Domain:
 
     Attributes:
         name: the domain's name as used in configs, e.g. ``"webcam"``.
-        x: inputs, shape ``(n, *input_shape)``, stored in the smallest dtype that
-            keeps them exact (``uint8`` pixels, ``float32`` features, ...).
+        storage: stored samples, shape ``(N, *stored_shape)``, in the smallest dtype
+            that keeps them exact (``uint8`` pixels, ``float32`` features, ...); the
+            domain's samples are ``storage[index]`` (all of them when ``index`` is None).
+            Passed as the second positional argument (the constructor's ``x``).
         y: labels, shape ``(n,)``, ``int64`` in ``0 .. len(classes) - 1``; ``None``
             for an unlabelled domain.
         classes: class names, index ``k`` names label ``k``.
@@ -40,6 +42,14 @@ class Domain:
             host memory (``data.placement = "host"``), the training device, where
             ``y``, the inputs of :meth:`inputs` and :meth:`map` and the pipeline's
             batches go while ``x`` stays in (pinned) CPU memory.
+        index: ``(n,)`` int64 rows of ``storage`` (on ``storage``'s device) that form this
+            domain, or None for all of them. :meth:`subset` makes such index views, so a
+            run's splits (source train / validation, k-shot target) hold each sample
+            once, in the loaded domain's storage, instead of copying it.
+
+    ``x`` is the domain's samples ``(n, *stored_shape)``: ``storage`` itself without an
+    index, a gathered copy for an index view (for whole-domain work; per-batch code uses
+    :meth:`rows`, :meth:`inputs` and :meth:`map`, which gather only what they need).
 
     The dataset loaders (:mod:`tladapt.data.datasets`) apply each benchmark's
     whole-domain preprocessing (e.g. per-domain z-scores) before building the
@@ -47,29 +57,40 @@ class Domain:
     """
 
     name: str
-    x: torch.Tensor
+    storage: torch.Tensor
     y: torch.Tensor | None
     classes: tuple[str, ...]
     transform: Callable[[torch.Tensor], torch.Tensor] = field(default=_to_float32, repr=False)
     augment: "Augmentation | None" = field(default=None, repr=False)
     image: "ImageFormat | None" = field(default=None, repr=False)
     host: torch.device | None = field(default=None, repr=False)
+    index: torch.Tensor | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
-        return self.x.shape[0]
+        return self.storage.shape[0] if self.index is None else self.index.shape[0]
+
+    @property
+    def x(self) -> torch.Tensor:
+        """The domain's stored samples ``(n, *stored_shape)`` (a gathered copy for an index view)."""
+        return self.storage if self.index is None else self.storage[self.index]
+
+    def rows(self, index: torch.Tensor) -> torch.Tensor:
+        """Stored samples at ``index`` (``(m,)`` int64 positions in this domain, on ``storage``'s
+        device): one gather from the storage, through the view's index if any."""
+        return self.storage[index if self.index is None else self.index[index]]
 
     @property
     def input_shape(self) -> tuple[int, ...]:
         """Shape of one model input, without the sample dimension (an image domain's
-        evaluation view may crop its stored ``x``)."""
+        evaluation view may crop its stored samples)."""
         if self.image is None:
-            return tuple(self.x.shape[1:])
-        return tuple(self.transform(self.x[:1]).shape[1:])
+            return tuple(self.storage.shape[1:])
+        return tuple(self.transform(self.storage[:1]).shape[1:])
 
     @property
     def device(self) -> torch.device:
-        """The training device of this domain's inputs (``x``'s device unless kept on the host)."""
-        return self.x.device if self.host is None else self.host
+        """The training device of this domain's inputs (the storage's device unless kept on the host)."""
+        return self.storage.device if self.host is None else self.host
 
     def to(self, device: torch.device | str, host: bool = False) -> "Domain":
         """A copy whose tensors live on ``device`` (one host-to-device copy), or with
@@ -78,19 +99,19 @@ class Domain:
         device = torch.device(device)
         y = None if self.y is None else self.y.to(device)
         if not host:
-            return replace(self, x=self.x.to(device), y=y, host=None)
-        x = self.x.cpu()
+            index = None if self.index is None else self.index.to(device)
+            return replace(self, storage=self.storage.to(device), y=y, host=None, index=index)
+        x = self.storage.cpu()
         if device.type == "cuda" and not x.is_pinned():
             x = x.pin_memory()
-        return replace(self, x=x, y=y, host=device)
+        return replace(self, storage=x, y=y, host=device, index=None if self.index is None else self.index.cpu())
 
     def subset(self, index: torch.Tensor) -> "Domain":
-        """The samples at ``index`` (``int64``, shape ``(m,)``) as a new domain."""
+        """The samples at ``index`` (``int64``, shape ``(m,)``) as a new domain: an index view
+        of the same storage (no sample is copied; the labels are gathered)."""
         y = None if self.y is None else self.y[index.to(self.y.device)]
-        x = self.x[index.to(self.x.device)]
-        if self.x.is_pinned():
-            x = x.pin_memory()
-        return replace(self, x=x, y=y)
+        index = index.to(self.storage.device)
+        return replace(self, y=y, index=index if self.index is None else self.index[index])
 
     def _on_device(self, rows: torch.Tensor) -> torch.Tensor:
         return rows if self.host is None else rows.to(self.host, non_blocking=True)
@@ -102,7 +123,7 @@ class Domain:
     def inputs(self, index: torch.Tensor | None = None) -> torch.Tensor:
         """Model inputs ``(m, *input_shape)`` ``float32`` for ``index`` (all samples if None):
         the evaluation view."""
-        rows = self.x if index is None else self.x[index.to(self.x.device)]
+        rows = self.x if index is None else self.rows(index.to(self.storage.device))
         return self.transform(self._on_device(rows))
 
     def view(self, rows: torch.Tensor, generator: torch.Generator, policy: str = "weak") -> torch.Tensor:
@@ -131,7 +152,11 @@ class Domain:
         For whole-domain inference (evaluation, feature extraction) in bounded memory;
         call it under ``torch.no_grad()`` when no gradient is wanted.
         """
-        return torch.cat([fn(self.transform(self._on_device(self.x[i:i + chunk]))) for i in range(0, len(self), chunk)])
+        def part(i: int) -> torch.Tensor:
+            rows = self.storage[i:i + chunk] if self.index is None else self.storage[self.index[i:i + chunk]]
+            return fn(self.transform(self._on_device(rows)))
+
+        return torch.cat([part(i) for i in range(0, len(self), chunk)])
 
 
 def check_task(source: Domain | None, target: Domain, labelled_target: bool = False,

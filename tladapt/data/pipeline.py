@@ -150,20 +150,20 @@ class HostSampler:
     plain memory and no streams.
 
     Args:
-        x: the domain's stored samples, a CPU tensor (pinned for CUDA).
+        domain: the domain, its storage a CPU tensor (pinned for CUDA).
         stream: the domain's :class:`IndexStream`, on the CPU.
         device: the training device.
     """
 
-    def __init__(self, x: torch.Tensor, stream: IndexStream, device: torch.device):
-        self.x, self.stream, self.device = x, stream, device
+    def __init__(self, domain: Domain, stream: IndexStream, device: torch.device):
+        self.x, self.index, self.stream, self.device = domain.storage, domain.index, stream, device
         self._side = torch.cuda.Stream(device) if device.type == "cuda" else None
         self._ahead = self._fetch()
 
     def _fetch(self) -> tuple[torch.Tensor, torch.Tensor]:
         idx = self.stream.next()
         rows = torch.empty((idx.shape[0], *self.x.shape[1:]), dtype=self.x.dtype, pin_memory=self._side is not None)
-        torch.index_select(self.x, 0, idx, out=rows)
+        torch.index_select(self.x, 0, idx if self.index is None else self.index[idx], out=rows)
         if self._side is None:
             return idx, rows
         idx = idx.pin_memory()
@@ -197,12 +197,12 @@ class HostSampler:
 class _DeviceSampler:
     """Batches of a device-resident domain: indices drawn and rows gathered on the device."""
 
-    def __init__(self, x: torch.Tensor, stream: IndexStream):
-        self.x, self.stream = x, stream
+    def __init__(self, domain: Domain, stream: IndexStream):
+        self.domain, self.stream = domain, stream
 
     def next(self) -> tuple[torch.Tensor, torch.Tensor]:
         idx = self.stream.next()
-        return idx, self.x[idx]
+        return idx, self.domain.rows(idx)
 
     def state_dict(self) -> dict:
         return {"stream": self.stream.state_dict()}
@@ -253,7 +253,7 @@ class PairedPipeline:
                 stream = IndexStream(len(dom), size, gen, replace)
             except ValueError as err:
                 raise ValueError(f"{role} domain {dom.name!r}: {err}") from None
-            return _DeviceSampler(dom.x, stream) if dom.host is None else HostSampler(dom.x, stream, device)
+            return _DeviceSampler(dom, stream) if dom.host is None else HostSampler(dom, stream, device)
 
         self._samplers = {"target": sampler("target", target, 1, batch_size, replacement)}
         if source is not None:
@@ -350,5 +350,5 @@ def resolve_placement(placement: str, domains: tuple[Domain, ...], device: torch
     if device.type != "cuda":
         return False
     free, _ = torch.cuda.mem_get_info(device)
-    need = sum(d.x.nbytes + (0 if d.y is None else d.y.nbytes) for d in domains)
+    need = sum(d.storage.nbytes + (0 if d.y is None else d.y.nbytes) for d in domains)
     return need > free // 2

@@ -98,7 +98,7 @@ class Subsamples:
         """At most ``size`` samples of each domain, drawn with ``torch.Generator().manual_seed(seed)``
         (``source`` is None in a source-free run)."""
         gen = torch.Generator().manual_seed(seed)
-        device = target.x.device
+        device = target.storage.device
         own = None if source is None else subsample_index(len(source), size, gen).to(device)
         val = None if source_val is None else subsample_index(len(source_val), size, gen).to(device)
         return cls(own, val, subsample_index(len(target), size, gen).to(device))
