@@ -92,6 +92,8 @@ class CORAL:
             ``trainer.batch_size < 2`` (setup, before training).
     """
 
+    capture_safe = True  # per-step work: device ops of static shapes (trainer.compile = "cudagraph")
+
     @dataclass
     class Options:
         """``[plugins.coral]`` options."""
@@ -185,6 +187,6 @@ class CORAL:
             return None
         weight = o.weight
         if o.schedule == "progressive":
-            weight = o.weight * grl_coefficient(trainer.progress, o.gamma)
+            weight = o.weight * grl_coefficient(trainer.progress_tensor, o.gamma)
             trainer.log("coral/weight", weight)
         return {"coral": tladapt.Term(coral(out.features_s, out.features_t), weight)}

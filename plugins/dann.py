@@ -26,7 +26,10 @@ class DANN:
 
     Logs ``train/lambda`` (the GRL coefficient) and ``domain/disc_acc`` (the
     discriminator's accuracy on the step's source+target batch, in [0, 1]).
+    λ is computed on the device from ``trainer.progress_tensor``, so the step is capture-safe.
     """
+
+    capture_safe = True  # per-step work: device ops of static shapes (trainer.compile = "cudagraph")
 
     @dataclass
     class Options:
@@ -51,7 +54,7 @@ class DANN:
 
     @tladapt.hookimpl
     def tladapt_losses(self, trainer, out):
-        lam = self.options.max_lambda * grl_coefficient(trainer.progress, self.options.gamma)
+        lam = self.options.max_lambda * grl_coefficient(trainer.progress_tensor, self.options.gamma)
         features = torch.cat([out.features_s, out.features_t])
         logits = self.discriminator(grad_reverse(features, lam))
         b = out.features_s.shape[0]

@@ -54,6 +54,8 @@ class Finetune:
     #: Acts on the model only, so it may run in a source-free run (``data.source_free``).
     source_free = True
 
+    capture_safe = True  # per-step work: device ops of static shapes (trainer.compile = "cudagraph")
+
     @dataclass
     class Options:
         """``[plugins.finetune]`` options."""

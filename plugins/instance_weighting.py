@@ -190,6 +190,8 @@ class InstanceWeighting:
         ConfigError: naming ``plugins.instance_weighting.<key>`` for an option out of range.
     """
 
+    capture_safe = True  # per-step work: device ops of static shapes (trainer.compile = "cudagraph")
+
     @dataclass
     class Options:
         """``[plugins.instance_weighting]`` options."""
@@ -265,8 +267,12 @@ class InstanceWeighting:
         raw, info = estimate_weights(xs, xt, o, seed=trainer.seed)
         raw = raw.clamp(min=0.0)  # a QP solution may hold -1e-12 for a zero weight
         final = clip_and_normalize(raw, o.clip or None, o.normalize)
-        self.raw_weights = raw.to(trainer.device, torch.float32)
-        self.weights = final.to(trainer.device, torch.float32)
+        raw, final = raw.to(trainer.device, torch.float32), final.to(trainer.device, torch.float32)
+        if self.weights is None:
+            self.raw_weights, self.weights = raw, final
+        else:  # a refresh writes in place: a captured step keeps reading the same tensor
+            self.raw_weights.copy_(raw)
+            self.weights.copy_(final)
         self.seconds += time.perf_counter() - start
         self.estimates += 1
         self.info = info

@@ -91,6 +91,8 @@ class MMD:
             ``unbiased`` or ``linear`` estimator.
     """
 
+    capture_safe = True  # per-step work: device ops of static shapes (trainer.compile = "cudagraph")
+
     @dataclass
     class Options:
         """``[plugins.mmd]`` options."""
@@ -171,7 +173,7 @@ class MMD:
             trainer.log("mmd/sigma2", self._base(sigma2, o.bandwidth, o.scales))
         weight = o.weight
         if o.schedule == "progressive":
-            weight = o.weight * grl_coefficient(trainer.progress, o.gamma)
+            weight = o.weight * grl_coefficient(trainer.progress_tensor, o.gamma)
             trainer.log("mmd/weight", weight)
         return {"mmd": tladapt.Term(value, weight)}
 

@@ -63,3 +63,25 @@ def test_pipeline_errors_name_the_domain():
     big = Domain("big", torch.zeros(30, 2), torch.zeros(30, dtype=torch.long), ("a",))
     with pytest.raises(ValueError, match="target domain 'tiny'"):
         PairedPipeline(big, d, batch_size=5, seed=0)
+
+
+def test_epochs_are_the_generators_permutations_cut_into_batches():
+    # the reference: torch.randperm(n) per epoch from the same generator, cut into n // b batches
+    s, gen = stream(11, 3, 5), torch.Generator().manual_seed(5)
+    for _ in range(4):
+        perm = torch.randperm(11, generator=gen)
+        for k in range(3):
+            assert torch.equal(s.next(), perm[3 * k:3 * k + 3])
+
+
+def test_prepare_is_host_bookkeeping_and_draw_device_work():
+    # as a captured step uses them: the host calls prepare() before each replay of draw()
+    a, b = stream(10, 4, 3), stream(10, 4, 3)
+    for _ in range(7):
+        a.prepare()
+        assert torch.equal(a.draw(), b.next())
+    # the epoch's buffer and the device position are the same tensors for the whole run
+    perm, pos = a._perm.data_ptr(), a._pos.data_ptr()
+    for _ in range(5):
+        a.next()
+    assert a._perm.data_ptr() == perm and a._pos.data_ptr() == pos

@@ -157,6 +157,9 @@ class TrainerSection(Checked):
     threads: int = option(
         0, "CPU intra-op threads for the run (restored afterwards); 0 chooses by the step's size and the "
            "machine's cores (tladapt.threads: one thread for the bundled small models)", ge=0)
+    compile: Literal["off", "torch", "cudagraph"] = option(
+        "off", "off: eager; torch: torch.compile the forward and loss terms (pays for long runs only); "
+               "cudagraph: capture the whole step in a CUDA graph (CUDA, capture-safe plugins)")
     progress: bool = option(True, "progress bar on a terminal (a line per finished run elsewhere)")
     plots: bool = option(False, "t-SNE of source and target features at the start and end of training and the "
                                 "target confusion matrix (oracle) at the end: PNGs in the run directory, TensorBoard "

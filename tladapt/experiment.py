@@ -23,6 +23,7 @@ from tladapt.errors import RunInterrupted
 from tladapt.progress import Progress
 from tladapt.runs import (atomic_write_bytes, clean_temp_files, find_checkpoint, find_run, find_run_dirs, new_run_dir,
                           read_status, slug, write_json, write_status)
+from tladapt.steps import check_compile
 from tladapt.trainer import Trainer, resolve_device
 from tladapt.validators import available_validators, choose_validators
 
@@ -78,6 +79,7 @@ def prepare(config: Config, plugins: Iterable[str | type] = ()) -> tuple[Config,
         for task in config.data.tasks:
             for seed in config.experiment.seeds:
                 find_checkpoint(config.model.init_from, task, seed)
+    check_compile(config, active)
     pm = make_plugin_manager(active)
     directions = {v.name: v.direction for v in choose_validators(
         available_validators(pm), config.validation.validators,

@@ -40,19 +40,26 @@ def grad_reverse(x: torch.Tensor, coeff: float | torch.Tensor) -> torch.Tensor:
     return _GradReverse.apply(x, coeff)
 
 
-def grl_coefficient(progress: float, gamma: float = 10.0) -> float:
+def grl_coefficient(progress: float | torch.Tensor, gamma: float = 10.0) -> float | torch.Tensor:
     """DANN's GRL schedule ``λ_p = 2 / (1 + exp(-γ p)) - 1`` (Ganin et al., JMLR 2016, §5.2.2).
 
     Args:
-        progress: p, the fraction of training done, in [0, 1].
+        progress: p, the fraction of training done, in [0, 1]: a float, or a 0-dim tensor
+            (e.g. ``trainer.progress_tensor``) for a schedule computed on the device without
+            a host sync (a tensor is not range-checked: that would read it back).
         gamma: γ > 0, the steepness (10 in the paper).
 
     Returns:
-        λ_p in [0, 1): 0 at p = 0, ``tanh(γ/4)`` at p = 0.5, ``tanh(γ/2)`` at p = 1.
+        λ_p in [0, 1): 0 at p = 0, ``tanh(γ/4)`` at p = 0.5, ``tanh(γ/2)`` at p = 1; a
+        0-dim tensor for a tensor ``progress``.
 
     Raises:
-        ValueError: if ``progress`` lies outside [0, 1] or ``gamma`` is not positive.
+        ValueError: if a float ``progress`` lies outside [0, 1] or ``gamma`` is not positive.
     """
+    if gamma <= 0:
+        raise ValueError(f"gamma must be positive, got {gamma}")
+    if isinstance(progress, torch.Tensor):
+        return 2.0 / (1.0 + torch.exp(-gamma * progress)) - 1.0
     if not 0.0 <= progress <= 1.0:
         raise ValueError(f"progress must lie in [0, 1], got {progress}")
     if gamma <= 0:

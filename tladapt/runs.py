@@ -278,7 +278,11 @@ class RunLogger:
     ``log(tag, value)`` adds a 0-dim tensor (or float) to a running sum without
     reading it; ``flush(step)`` reads all sums in one host transfer and writes
     their means since the last flush. So a training step never blocks on the
-    device for logging.
+    device for logging. A tensor tag's sum is a float32 buffer on the value's device,
+    made at the tag's first value and from then on updated in place (and zeroed in
+    place at a flush), so its address never changes and a CUDA graph that captured
+    the adds replays them; :meth:`host_tallies` and :meth:`add_host_tallies` let the
+    replaying code account for the host side (counts, float values).
 
     The event file is opened at the first write. A resumed run passes ``purge_step``,
     the first step it will log again: TensorBoard then hides whatever the interrupted
@@ -293,8 +297,10 @@ class RunLogger:
     def __init__(self, run_dir: str | Path, purge_step: int | None = None):
         self.run_dir, self.purge_step = Path(run_dir), purge_step
         self._writer: SummaryWriter | None = None
-        self._sums: dict[str, torch.Tensor | float] = {}
+        self._buffers: dict[str, torch.Tensor] = {}
+        self._floats: dict[str, float] = {}
         self._counts: dict[str, int] = {}
+        self._pending: list[tuple[str, torch.Tensor | float]] = []
 
     @property
     def writer(self) -> SummaryWriter:
@@ -308,38 +314,88 @@ class RunLogger:
         return self._writer
 
     def state_dict(self) -> dict:
-        """The sums and counts not yet written (logged since the last :meth:`flush`)."""
-        return {"sums": dict(self._sums), "counts": dict(self._counts)}
+        """The sums and counts not yet written (logged since the last :meth:`flush`): a tensor
+        tag's sum as a tensor (plus any float values of it), a float tag's as a float."""
+        sums = {}
+        for tag, count in self._counts.items():
+            if count:
+                sums[tag] = self._buffers[tag].clone() + self._floats.get(tag, 0.0) if tag in self._buffers \
+                    else self._floats.get(tag, 0.0)
+        return {"sums": sums, "counts": {tag: c for tag, c in self._counts.items() if c}}
 
     def load_state_dict(self, state: dict, device: torch.device | str) -> None:
-        """Replace the pending sums by a saved :meth:`state_dict` (tensor sums moved to ``device``)."""
-        self._sums = {tag: v if isinstance(v, float) else v.to(device) for tag, v in state["sums"].items()}
+        """Replace the pending sums by a saved :meth:`state_dict` (tensor sums copied into this
+        logger's buffers, made on ``device`` where missing, so their addresses stay)."""
+        for buffer in self._buffers.values():
+            buffer.zero_()
+        self._floats.clear()
+        for tag, value in state["sums"].items():
+            if isinstance(value, (float, int)):
+                self._floats[tag] = float(value)
+            elif tag in self._buffers:
+                self._buffers[tag].copy_(value)
+            else:
+                self._buffers[tag] = value.to(device=device, dtype=torch.float32)
         self._counts = dict(state["counts"])
 
     def log(self, tag: str, value: torch.Tensor | float) -> None:
-        """Accumulate one value of a scalar tag (no host sync)."""
-        if not isinstance(value, (float, int)):
-            value = value.detach()
-        self._sums[tag] = self._sums.get(tag, 0.0) + value
+        """Accumulate one value of a scalar tag (no host sync).
+
+        Inside a function being compiled by ``torch.compile`` the value is only queued
+        (becoming an output of the compiled graph) and added by :meth:`drain`, so that the
+        compiled code never depends on, or recompiles for, the logger's bookkeeping.
+        """
+        import torch
+
+        if torch.compiler.is_compiling():
+            self._pending.append((tag, value))
+            return
+        if isinstance(value, torch.Tensor):
+            buffer = self._buffers.get(tag)
+            if buffer is None:
+                self._buffers[tag] = value.detach().to(torch.float32, copy=True)
+            else:
+                buffer.add_(value.detach())
+        else:
+            self._floats[tag] = self._floats.get(tag, 0.0) + value
         self._counts[tag] = self._counts.get(tag, 0) + 1
+
+    def drain(self) -> None:
+        """Add the values queued by a compiled function (see :meth:`log`)."""
+        pending, self._pending = self._pending, []
+        for tag, value in pending:
+            self.log(tag, value)
 
     def flush(self, step: int) -> dict[str, float]:
         """Write the mean of each tag since the last flush at ``step``; return them."""
-        if not self._sums:
+        tags = [tag for tag, count in self._counts.items() if count]
+        if not tags:
             return {}
-        tags = list(self._sums)
         import torch
 
-        tensors = [t for t in tags if isinstance(self._sums[t], torch.Tensor)]
-        values = dict(zip(tensors, torch.stack([self._sums[t].float() for t in tensors]).tolist())) if tensors else {}
+        tensors = [t for t in tags if t in self._buffers]
+        values = dict(zip(tensors, torch.stack([self._buffers[t] for t in tensors]).tolist())) if tensors else {}
         means = {}
         for tag in tags:
-            total = values[tag] if tag in values else self._sums[tag]
-            means[tag] = total / self._counts[tag]
+            means[tag] = (values.get(tag, 0.0) + self._floats.get(tag, 0.0)) / self._counts[tag]
             self.writer.add_scalar(tag, means[tag], step)
-        self._sums.clear()
+        for buffer in self._buffers.values():
+            buffer.zero_()
+        self._floats.clear()
         self._counts.clear()
         return means
+
+    def host_tallies(self) -> tuple[dict[str, int], dict[str, float]]:
+        """Copies of the host side of the running sums: counts per tag and float values."""
+        return dict(self._counts), dict(self._floats)
+
+    def add_host_tallies(self, counts: dict[str, int], floats: dict[str, float]) -> None:
+        """Add counts and float values as if the ``log`` calls behind them ran again (the
+        tensor adds being replayed on the device, e.g. by a CUDA graph)."""
+        for tag, count in counts.items():
+            self._counts[tag] = self._counts.get(tag, 0) + count
+        for tag, value in floats.items():
+            self._floats[tag] = self._floats.get(tag, 0.0) + value
 
     def scalars(self, metrics: dict[str, float], step: int) -> None:
         """Write already-computed host floats (evaluation metrics) at ``step``."""

@@ -33,6 +33,7 @@ from tladapt.plots import scalars_layout
 from tladapt.progress import Progress
 from tladapt.runs import RunLogger, find_checkpoint, write_json, write_status
 from tladapt.validators import RunValidators, available_validators, choose_validators
+from tladapt.steps import compile_loss, make_optimizer, make_step
 from tladapt.threads import choose_threads, run_threads, step_flops
 
 
@@ -109,7 +110,9 @@ class Trainer:
     the source's when their classes agree), ``source_head`` (``head``, or the source's
     own head for a target task with other classes), ``classes`` (head name -> class
     names, None for a head nothing trains), ``modules``, ``feature_dim``,
-    ``num_classes`` (the target head's classes), ``step``, ``progress``,
+    ``num_classes`` (the target head's classes), ``step``, ``progress`` (and
+    ``progress_tensor``, the same fraction as a 0-dim device tensor for schedules computed on
+    the device, which capture-safe plugins use),
     ``add_module``, ``log`` (per-step scalars), ``histogram`` (whole-dataset tensors) and
     ``resuming`` (True while a resumed run is built and started: a plugin may skip
     expensive ``tladapt_fit_start`` work whose result its ``tladapt_load_state_dict``
@@ -167,6 +170,8 @@ class Trainer:
         if m.weights:  # a pretrained feature extractor trains slower than the new layers (TLlib, DANN: 0.1)
             self._lr_mult["backbone.net" if m.bottleneck else "backbone"] = m.pretrained_lr_mult
         self.step, self.progress = 0, 0.0
+        self.progress_tensor = torch.zeros((), device=self.device)  # = progress, for device-side schedules
+        self._loss_terms = self.loss_terms
         labelled_val = self.source_val is not None and self.source_val.y is not None
         self.validators = RunValidators(  # none when nothing trains the target's head: nothing to select
             choose_validators(available_validators(pm), config.validation.validators, labelled_val)
@@ -184,11 +189,7 @@ class Trainer:
         pm.hook.tladapt_setup(trainer=self)
         if self.extra_domains:
             self.pipeline = self._make_pipeline()
-        groups = self._param_groups()
-        if cfg.optimizer == "sgd":
-            self.optimizer = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-        else:
-            self.optimizer = torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.optimizer = make_optimizer(config, self._param_groups(), self.device)
         if cfg.schedule == "dann":  # Ganin et al. JMLR 2016, §5.2.2: lr_p = lr0 / (1 + 10 p)^0.75
             decay = lambda step: (1.0 + 10.0 * step / cfg.steps) ** -0.75  # noqa: E731
         else:
@@ -401,16 +402,23 @@ class Trainer:
         bf16 = self.config.trainer.precision == "bf16"
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16)
 
+    def loss_terms(self, batch: Batch) -> tuple[torch.Tensor, dict[str, Term]]:
+        """The forward pass and :meth:`losses` under :meth:`autocast`: ``(total, terms)``, the
+        total the weighted sum of the terms (what ``trainer.compile = "torch"`` compiles)."""
+        with self.autocast():
+            out = self.forward(batch)
+            terms = self.losses(batch, out)
+        return sum(term.weight * term.value for _, term in sorted(terms.items())), terms
+
     def train_step(self, batch: Batch) -> torch.Tensor:
         """Forward, losses, backward and optimizer step for one batch; returns the total loss.
 
         Forward and losses run under :meth:`autocast`; the backward and the optimizer step
-        (float32 parameters and gradients) outside it.
+        (float32 parameters and gradients) outside it. (The learning-rate schedule steps in
+        :meth:`advance`, outside a captured step.)
         """
-        with self.autocast():
-            out = self.forward(batch)
-            terms = self.losses(batch, out)
-        total = sum(term.weight * term.value for _, term in sorted(terms.items()))
+        total, terms = self._loss_terms(batch)
+        self.logger.drain()  # what plugins logged inside a compiled loss_terms
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
         self.optimizer.step()
@@ -418,7 +426,6 @@ class Trainer:
             self.log(f"loss/{name}", term.value)
         self.log("loss/total", total)
         self.log("train/lr", self.optimizer.param_groups[0]["lr"])
-        self.scheduler.step()
         return total
 
     def start(self) -> None:
@@ -431,13 +438,16 @@ class Trainer:
         self.modules.train()
         self.history: list[dict] = []
         self.steps_done = 0
+        self._loss_terms, self._step = compile_loss(self), make_step(self)  # trainer.compile
 
     def advance(self) -> None:
         """One training step with its hooks, plus logging and evaluation when they are due."""
         cfg = self.config.trainer
         step = self.steps_done
         self.step, self.progress = step, step / cfg.steps
-        self.train_step(self.pipeline.next())
+        self.progress_tensor.fill_(self.progress)
+        self._step()
+        self.scheduler.step()
         self.pm.hook.tladapt_step_end(trainer=self, step=step)
         done = self.steps_done = step + 1
         if done % cfg.log_every == 0 or done == cfg.steps:

@@ -105,38 +105,70 @@ class IndexStream:
             )
         self.n, self.batch_size, self.replacement = n, batch_size, replacement
         self.generator = generator
-        self._epoch = torch.empty(0, batch_size, dtype=torch.long, device=generator.device)
-        self._next = 0
+        device = generator.device
+        # The epoch's permutation lives in one buffer for the whole run and the position of
+        # the next batch in a device counter, so that a draw is device ops only (capturable
+        # in a CUDA graph); the host counts the batches left to know when an epoch ends.
+        self._per_epoch = n // batch_size
+        self._perm = torch.empty(0 if replacement else n, dtype=torch.long, device=device)
+        self._epoch = self._perm[: self._per_epoch * batch_size].view(-1, batch_size)
+        self._pos = torch.zeros(1, dtype=torch.long, device=device)
+        self._left = 0
+
+    def prepare(self) -> None:
+        """Host-side bookkeeping before each :meth:`draw`: when the epoch is used up, the next
+        epoch's permutation is drawn into the same buffer and the device position reset."""
+        if self.replacement:
+            return
+        if self._left == 0:
+            torch.randperm(self.n, generator=self.generator, device=self.generator.device, out=self._perm)
+            self._pos.zero_()
+            self._left = self._per_epoch
+        self._left -= 1
+
+    def draw(self) -> torch.Tensor:
+        """The batch after :meth:`prepare`, by device ops only (no host sync, static shapes)."""
+        if self.replacement:
+            return torch.randint(self.n, (self.batch_size,), generator=self.generator, device=self.generator.device)
+        idx = torch.index_select(self._epoch, 0, self._pos).view(-1)
+        self._pos.add_(1)
+        return idx
 
     def next(self) -> torch.Tensor:
         """The next ``(batch_size,)`` int64 index tensor, on the generator's device."""
-        device = self.generator.device
-        if self.replacement:
-            return torch.randint(self.n, (self.batch_size,), generator=self.generator, device=device)
-        if self._next == self._epoch.shape[0]:
-            per_epoch = self.n // self.batch_size
-            perm = torch.randperm(self.n, generator=self.generator, device=device)
-            self._epoch = perm[: per_epoch * self.batch_size].view(per_epoch, self.batch_size)
-            self._next = 0
-        self._next += 1
-        return self._epoch[self._next - 1]
+        self.prepare()
+        return self.draw()
 
     def state_dict(self) -> dict:
         """Where the stream stands: the generator's state (``uint8`` CPU tensor), the current
-        epoch's ``(batches, batch_size)`` int64 permutation and the next batch's position."""
-        return {"generator": self.generator.get_state(), "epoch": self._epoch, "next": self._next}
+        epoch's ``(batches, batch_size)`` int64 permutation (``(0, batch_size)`` when the next
+        draw starts a new epoch) and the next batch's position in it."""
+        if self.replacement or self._left == 0:
+            epoch = self._epoch[:0].clone()
+        else:
+            epoch = self._epoch.clone()
+        return {"generator": self.generator.get_state(), "epoch": epoch,
+                "next": 0 if epoch.shape[0] == 0 else self._per_epoch - self._left}
 
     def load_state_dict(self, state: dict) -> None:
         """Continue exactly where :meth:`state_dict` was taken (tensors may come from the CPU).
+        The permutation and position are copied into this stream's own buffers, whose
+        addresses a captured CUDA graph holds.
 
         Raises:
             ValueError: if the saved epoch does not fit this stream's batch size.
         """
         epoch = state["epoch"].to(self.generator.device)
-        if epoch.ndim != 2 or epoch.shape[1] != self.batch_size:
+        if epoch.ndim != 2 or epoch.shape[1] != self.batch_size or epoch.shape[0] not in (0, self._per_epoch) \
+                or (self.replacement and epoch.shape[0]):
             raise ValueError(f"saved index stream of shape {tuple(epoch.shape)} does not fit batch size {self.batch_size}")
         self.generator.set_state(state["generator"].cpu())
-        self._epoch, self._next = epoch, int(state["next"])
+        if epoch.shape[0] == 0:
+            self._left = 0
+        else:
+            self._epoch.copy_(epoch)
+            self._pos.fill_(int(state["next"]))
+            self._left = self._per_epoch - int(state["next"])
 
 
 class HostSampler:
@@ -170,7 +202,10 @@ class HostSampler:
         with torch.cuda.stream(self._side):
             return idx.to(self.device, non_blocking=True), rows.to(self.device, non_blocking=True)
 
-    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def prepare(self) -> None:
+        """Nothing: the host sampler draws its indices when it fetches (it is not capturable)."""
+
+    def draw(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(idx, rows)`` on the device: ``(b,)`` int64 and ``(b, *x.shape[1:])``."""
         idx, rows = self._ahead
         if self._side is not None:
@@ -181,6 +216,10 @@ class HostSampler:
         self._ahead = self._fetch()
         return idx, rows
 
+    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`draw` (the batch fetched at the previous call)."""
+        return self.draw()
+
     def state_dict(self) -> dict:
         """The index stream's state and the indices of the batch fetched ahead."""
         return {"stream": self.stream.state_dict(), "ahead": self._ahead[0].cpu()}
@@ -190,7 +229,7 @@ class HostSampler:
         self.stream.load_state_dict(state["stream"])
         idx = state["ahead"].cpu()
         rows = torch.empty((idx.shape[0], *self.x.shape[1:]), dtype=self.x.dtype, pin_memory=self._side is not None)
-        torch.index_select(self.x, 0, idx, out=rows)
+        torch.index_select(self.x, 0, idx if self.index is None else self.index[idx], out=rows)
         self._ahead = (idx, rows) if self._side is None else (idx.to(self.device), rows.to(self.device))
 
 
@@ -200,8 +239,11 @@ class _DeviceSampler:
     def __init__(self, domain: Domain, stream: IndexStream):
         self.domain, self.stream = domain, stream
 
-    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
-        idx = self.stream.next()
+    def prepare(self) -> None:
+        self.stream.prepare()
+
+    def draw(self) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = self.stream.draw()
         return idx, self.domain.rows(idx)
 
     def state_dict(self) -> dict:
@@ -285,7 +327,7 @@ class PairedPipeline:
             self.generators[name].set_state(gen_state.cpu())
 
     def _draw(self, role: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        idx, rows = self._samplers[role].next()
+        idx, rows = self._samplers[role].draw()
         dom = self.extra[role.removeprefix("extra:")] if role.startswith("extra:") else getattr(self, role)
         return idx, rows, dom.view(rows, self.generators[f"{role}_augment"])
 
@@ -294,8 +336,24 @@ class PairedPipeline:
         """Labelled target samples per batch (0 without a labelled subset)."""
         return self._samplers["labelled"].stream.batch_size if "labelled" in self._samplers else 0
 
+    @property
+    def capturable(self) -> bool:
+        """Whether :meth:`draw` is device work only (no domain is kept in host memory)."""
+        return not any(isinstance(s, HostSampler) for s in self._samplers.values())
+
+    def prepare(self) -> None:
+        """Host-side bookkeeping of every index stream before :meth:`draw` (new epochs)."""
+        for sampler in self._samplers.values():
+            sampler.prepare()
+
     def next(self) -> Batch:
-        """Gather the next :class:`Batch` (device tensors only)."""
+        """:meth:`prepare`, then :meth:`draw`: the next batch."""
+        self.prepare()
+        return self.draw()
+
+    def draw(self) -> Batch:
+        """Gather the next :class:`Batch` (device tensors only; with every domain on the device,
+        device ops only, so that a CUDA graph can capture it)."""
         idx_s = rows_s = x_s = y_s = x_l = y_l = None
         if self.source is not None:
             idx_s, rows_s, x_s = self._draw("source")
