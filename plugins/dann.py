@@ -30,6 +30,8 @@ class DANN:
     """
 
     capture_safe = True  # per-step work: device ops of static shapes (trainer.compile = "cudagraph")
+    batch_safe = True  # no per-run Python state in the step: seeds train as one batch (tladapt.batched)
+    batch_scalars = ("weight", "gamma", "max_lambda")  # may differ between the runs of one batch
 
     @dataclass
     class Options:

@@ -55,6 +55,7 @@ class Finetune:
     source_free = True
 
     capture_safe = True  # per-step work: device ops of static shapes (trainer.compile = "cudagraph")
+    batch_safe = True  # no per-run Python state in the step: seeds train as one batch (tladapt.batched)
 
     @dataclass
     class Options:

@@ -160,6 +160,10 @@ class TrainerSection(Checked):
     compile: Literal["off", "torch", "cudagraph"] = option(
         "off", "off: eager; torch: torch.compile the forward and loss terms (pays for long runs only); "
                "cudagraph: capture the whole step in a CUDA graph (CUDA, capture-safe plugins)")
+    batch_runs: int = option(
+        1, "train up to this many seeds of a task together as one batched model (tladapt.batched; batch-safe "
+           "plugins); 0: all seeds of a task; 1: one at a time. Pays where a step is launch-bound (GPU); "
+           "measured no gain on a 2-core CPU", ge=0)
     progress: bool = option(True, "progress bar on a terminal (a line per finished run elsewhere)")
     plots: bool = option(False, "t-SNE of source and target features at the start and end of training and the "
                                 "target confusion matrix (oracle) at the end: PNGs in the run directory, TensorBoard "

@@ -12,6 +12,7 @@ from typing import Callable, Iterable, Sequence
 
 from tladapt import checkpoint, signals
 from tladapt.config import Config, ConfigError, load_run_config, parse_task
+from tladapt.batched import RunSpec, fit_together
 from tladapt.data.augment import resolve_spec
 from tladapt.data.datasets import DATASETS, DIGITS_FORMAT
 from tladapt.data.images import is_image_dataset, prepare_images
@@ -186,22 +187,46 @@ def run_experiment(config: Config, plugins: Iterable[str | type] = (), progress:
     own = progress is None
     progress = progress_for([config]) if own else progress
     exp, method, config_id = config.experiment, config.experiment.method, config.fingerprint()
+    group_size = max(len(exp.seeds), 1) if config.trainer.batch_runs == 0 else config.trainer.batch_runs
     results = []
     with signals.stop_signals():
         for task in config.data.tasks:
             source, target = load_task(config.data, task)
+            done: dict[int, dict] = {}
+            fresh: list[RunSpec] = []  # new runs, trained together in groups of trainer.batch_runs
+
+            def train_fresh():
+                if len(fresh) > 1:
+                    together = execute_together(config, active, fresh, progress, on_run)
+                    if together is not None:
+                        done.update(zip((spec.seed for spec in fresh), together))
+                        fresh.clear()
+                        return
+                for spec in fresh:
+                    done[spec.seed] = execute_run(config, active, task, source, target, spec.run_dir, spec.seed,
+                                                  progress, on_run)
+                fresh.clear()
+
             for seed in exp.seeds:
                 if signals.requested() is not None:
                     raise RunInterrupted(signals.requested())
                 run_dir = find_run(exp.runs_dir, exp.name, task, method, seed, config_id) if resume else None
                 if run_dir is not None and read_status(run_dir).finished:
-                    results.append(json.loads((run_dir / "results.json").read_text()))
+                    train_fresh()
+                    done[seed] = json.loads((run_dir / "results.json").read_text())
                     progress.advance(config.trainer.steps)
                     continue
-                if run_dir is None:
-                    run_dir = new_run_dir(exp.runs_dir, exp.name, task, method, seed)
-                    write_json(run_dir / "config.json", config.to_dict())
-                results.append(execute_run(config, active, task, source, target, run_dir, seed, progress, on_run))
+                if run_dir is not None:  # an unfinished run continues alone from its checkpoint
+                    train_fresh()
+                    done[seed] = execute_run(config, active, task, source, target, run_dir, seed, progress, on_run)
+                    continue
+                run_dir = new_run_dir(exp.runs_dir, exp.name, task, method, seed)
+                write_json(run_dir / "config.json", config.to_dict())
+                fresh.append(RunSpec(config, task, source, target, active, seed, run_dir))
+                if len(fresh) == group_size:
+                    train_fresh()
+            train_fresh()
+            results += [done[seed] for seed in exp.seeds]
     if own:
         progress.close()
     return results
@@ -245,6 +270,43 @@ def execute_run(config: Config, active: list[tuple[PluginInfo, dict]], task: str
     write_status(run_dir, "finished", step=config.trainer.steps)
     if on_run is not None:
         on_run(trainer, results)
+    return results
+
+
+def execute_together(config: Config, active: list[tuple[PluginInfo, dict]], specs: list[RunSpec],
+                     progress: Progress | None = None,
+                     on_run: Callable[[Trainer, dict], None] | None = None) -> list[dict] | None:
+    """Train new runs of one task as one batch (:mod:`tladapt.batched`), keeping each run's
+    ``status.json`` true as :func:`execute_run` does; None when something keeps them apart
+    (named in a warning: the caller then trains them one by one, in the same directories).
+    """
+
+    def make_trainer(spec: RunSpec) -> Trainer:
+        return Trainer(spec.config, spec.source, spec.target, make_plugin_manager(spec.active), spec.run_dir,
+                       spec.seed, source_name=parse_task(spec.task)[0])
+
+    for spec in specs:
+        write_status(spec.run_dir, "running", dataset=config.data.dataset, task=spec.task,
+                     method=config.experiment.method, seed=spec.seed, config_id=config.fingerprint(),
+                     steps=config.trainer.steps, step=0)
+    try:
+        results = fit_together(specs, make_trainer, progress, on_run)
+    except RunInterrupted as stop:
+        for spec in specs:
+            write_status(spec.run_dir, "interrupted", step=stop.step)
+        raise
+    except KeyboardInterrupt:
+        for spec in specs:
+            write_status(spec.run_dir, "interrupted")
+        raise
+    except BaseException as err:
+        for spec in specs:
+            atomic_write_bytes(spec.run_dir / "traceback.txt", lambda f: f.write(traceback.format_exc().encode()))
+            write_status(spec.run_dir, "failed", error=f"{type(err).__name__}: {err}", traceback="traceback.txt")
+        raise
+    if results is not None:
+        for spec in specs:
+            write_status(spec.run_dir, "finished", step=config.trainer.steps)
     return results
 
 

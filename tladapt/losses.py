@@ -20,14 +20,24 @@ def _full_precision(t: torch.Tensor) -> torch.Tensor:
 
 
 class _GradReverse(torch.autograd.Function):
+    generate_vmap_rule = True  # works under torch.func transforms (batched runs: tladapt.batched)
+
     @staticmethod
-    def forward(ctx, x, coeff):
-        ctx.coeff = coeff
+    def forward(x, coeff):
         return x.view_as(x)
 
     @staticmethod
+    def setup_context(ctx, inputs, output):
+        coeff = inputs[1]
+        if isinstance(coeff, torch.Tensor):
+            ctx.save_for_backward(coeff)
+        else:
+            ctx.coeff = coeff
+
+    @staticmethod
     def backward(ctx, grad):
-        return -ctx.coeff * grad, None
+        coeff = ctx.saved_tensors[0] if ctx.saved_tensors else ctx.coeff
+        return -coeff * grad, None
 
 
 def grad_reverse(x: torch.Tensor, coeff: float | torch.Tensor) -> torch.Tensor:

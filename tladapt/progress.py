@@ -43,10 +43,16 @@ class Progress:
 
             self._bar = tqdm(total=steps, file=self.stream, dynamic_ncols=True, leave=False, unit="step")
 
-    def start_run(self, task: str, method: str, seed: int) -> None:
-        """A run begins: the bar says ``run k/N task method seed s``."""
-        self.run += 1
-        self._label = f"run {self.run}/{self.runs} {task} {method} seed {seed}"
+    def start_run(self, task: str, method: str, seed: int | list[int]) -> None:
+        """A run begins: the bar says ``run k/N task method seed s``; for runs trained together
+        (a list of seeds, :mod:`tladapt.batched`) ``runs k-l/N ... seeds a,b,c``."""
+        seeds = seed if isinstance(seed, list) else [seed]
+        first, self.run = self.run + 1, self.run + len(seeds)
+        if len(seeds) == 1:
+            self._label = f"run {self.run}/{self.runs} {task} {method} seed {seeds[0]}"
+        else:
+            self._label = (f"runs {first}-{self.run}/{self.runs} {task} {method} "
+                           f"seeds {','.join(map(str, seeds))}")
         self._started = time.perf_counter()
         if self._bar is not None:
             self._bar.set_description(self._label, refresh=False)
@@ -60,10 +66,11 @@ class Progress:
             parts.append(f"target (oracle) {metrics[ORACLE]:.1f}%")
         return ", ".join(parts)
 
-    def step(self, metrics: dict[str, float] | None = None) -> None:
-        """One training step is done; ``metrics``: the evaluation made at this step, if any."""
+    def step(self, metrics: dict[str, float] | None = None, runs: int = 1) -> None:
+        """One training step is done (of ``runs`` runs trained together); ``metrics``: the
+        evaluation made at this step, if any."""
         if self._bar is not None:
-            self._bar.update()
+            self._bar.update(runs)
             if metrics:
                 self._bar.set_postfix_str(self._metrics(metrics), refresh=False)
 

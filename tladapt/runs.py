@@ -301,6 +301,7 @@ class RunLogger:
         self._floats: dict[str, float] = {}
         self._counts: dict[str, int] = {}
         self._pending: list[tuple[str, torch.Tensor | float]] = []
+        self.queued = False  # True: every value is queued for drain() (tladapt.batched reads the queue)
 
     @property
     def writer(self) -> SummaryWriter:
@@ -326,6 +327,8 @@ class RunLogger:
     def load_state_dict(self, state: dict, device: torch.device | str) -> None:
         """Replace the pending sums by a saved :meth:`state_dict` (tensor sums copied into this
         logger's buffers, made on ``device`` where missing, so their addresses stay)."""
+        import torch
+
         for buffer in self._buffers.values():
             buffer.zero_()
         self._floats.clear()
@@ -338,16 +341,18 @@ class RunLogger:
                 self._buffers[tag] = value.to(device=device, dtype=torch.float32)
         self._counts = dict(state["counts"])
 
-    def log(self, tag: str, value: torch.Tensor | float) -> None:
-        """Accumulate one value of a scalar tag (no host sync).
+    def log(self, tag: str, value: torch.Tensor | float, count: int = 1) -> None:
+        """Accumulate one value of a scalar tag (no host sync); with ``count``, ``value`` is
+        the sum of that many values (batched runs add a window of steps at once).
 
-        Inside a function being compiled by ``torch.compile`` the value is only queued
-        (becoming an output of the compiled graph) and added by :meth:`drain`, so that the
+        Inside a function being compiled by ``torch.compile`` (or with :attr:`queued` set,
+        as batched runs do inside ``torch.func`` transforms) the value is only queued,
+        becoming an output of the compiled graph, and added by :meth:`drain`, so that the
         compiled code never depends on, or recompiles for, the logger's bookkeeping.
         """
         import torch
 
-        if torch.compiler.is_compiling():
+        if self.queued or torch.compiler.is_compiling():
             self._pending.append((tag, value))
             return
         if isinstance(value, torch.Tensor):
@@ -358,13 +363,17 @@ class RunLogger:
                 buffer.add_(value.detach())
         else:
             self._floats[tag] = self._floats.get(tag, 0.0) + value
-        self._counts[tag] = self._counts.get(tag, 0) + 1
+        self._counts[tag] = self._counts.get(tag, 0) + count
 
     def drain(self) -> None:
         """Add the values queued by a compiled function (see :meth:`log`)."""
-        pending, self._pending = self._pending, []
-        for tag, value in pending:
+        for tag, value in self.take_queue():
             self.log(tag, value)
+
+    def take_queue(self) -> list[tuple[str, torch.Tensor | float]]:
+        """The queued ``(tag, value)`` pairs, removed from the queue."""
+        pending, self._pending = self._pending, []
+        return pending
 
     def flush(self, step: int) -> dict[str, float]:
         """Write the mean of each tag since the last flush at ``step``; return them."""

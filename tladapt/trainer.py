@@ -181,6 +181,7 @@ class Trainer:
             cfg.keep_best, checkpoint.best_direction(cfg.keep_best, cfg.keep_best_mode, self.validators.directions))
         every = cfg.checkpoint_every
         self.checkpoint_every = max(1, math.ceil(cfg.steps / 10)) if every == "auto" else every
+        self.batched: dict | None = None  # set when tladapt.batched trains this run with others
         self.run_dir.mkdir(parents=True, exist_ok=True)  # new_run_dir made it; a test or script may not have
         self.logger = RunLogger(self.run_dir, purge_step=None if resume is None else resume["step"] + 1)
         self.logger.writer.add_custom_scalars(scalars_layout())  # TensorBoard opens the run on what matters
@@ -442,12 +443,22 @@ class Trainer:
 
     def advance(self) -> None:
         """One training step with its hooks, plus logging and evaluation when they are due."""
-        cfg = self.config.trainer
-        step = self.steps_done
-        self.step, self.progress = step, step / cfg.steps
-        self.progress_tensor.fill_(self.progress)
+        step = self.begin_step()
         self._step()
         self.scheduler.step()
+        self.end_step(step)
+
+    def begin_step(self) -> int:
+        """Set ``step``, ``progress`` and ``progress_tensor`` for the next step; return the step."""
+        step = self.steps_done
+        self.step, self.progress = step, step / self.config.trainer.steps
+        self.progress_tensor.fill_(self.progress)
+        return step
+
+    def end_step(self, step: int) -> None:
+        """After the optimizer step: ``tladapt_step_end``, then the log flush and the
+        evaluation when they are due (:meth:`advance`; batched runs call it per run)."""
+        cfg = self.config.trainer
         self.pm.hook.tladapt_step_end(trainer=self, step=step)
         done = self.steps_done = step + 1
         if done % cfg.log_every == 0 or done == cfg.steps:
@@ -534,6 +545,8 @@ class Trainer:
             results["init_from"] = self.init_report
         if self.best is not None:
             results["best"] = self.best.summary()
+        if self.batched is not None:
+            results["batched"] = self.batched
         self.save_checkpoint()
         self.pm.hook.tladapt_fit_end(trainer=self, results=results)
         write_json(self.run_dir / "results.json", results)
