@@ -108,7 +108,8 @@ def batch_blockers(trainers: list) -> list[str]:
 
     Checked: at least two runs; the same domains (names and sizes); configs equal but for
     the seed, :data:`VECTOR_KEYS` and plugin options in their plugin's ``batch_scalars``;
-    ``trainer.compile = "off"``; every active plugin ``batch_safe``; no module buffers
+    ``trainer.compile = "off"``; a source and no extra domains; every active plugin
+    ``batch_safe``; no module buffers
     (batch norm statistics); every domain on the device; dropout modules of the torch
     kinds only.
     """
@@ -131,11 +132,16 @@ def batch_blockers(trainers: list) -> list[str]:
             break
     if first.config.trainer.compile != "off":
         reasons.append(f"trainer.compile = {first.config.trainer.compile!r}")
-    for t in trainers:
-        if (t.source.name, t.target.name, len(t.source), len(t.target)) != \
-                (first.source.name, first.target.name, len(first.source), len(first.target)):
-            reasons.append("runs of different tasks or splits")
-            break
+    if first.source is None:
+        reasons.append("source-free runs (data.source_free)")
+    elif getattr(first, "extra_domains", None):
+        reasons.append("extra domains (trainer.add_domain)")
+    else:
+        for t in trainers:
+            if (t.source.name, t.target.name, len(t.source), len(t.target)) != \
+                    (first.source.name, first.target.name, len(first.source), len(first.target)):
+                reasons.append("runs of different tasks or splits")
+                break
     if any(True for _ in first.modules.buffers()):
         reasons.append("the model has buffers (batch norm statistics), which a batched step does not update")
     if any(isinstance(s, HostSampler) for s in first.pipeline._samplers.values()):
