@@ -62,7 +62,7 @@ def test_every_hook_is_documented():
 
     page = (ROOT / "docs" / "hooks.md").read_text()
     names = [n for n in dir(hookspecs) if n.startswith("tladapt_")]
-    assert len(names) == 11
+    assert len(names) == 12
     for name in names:
         assert f"## `{name}(" in page
 

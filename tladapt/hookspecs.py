@@ -9,7 +9,7 @@ instance lives for one run (one task and seed), so it may keep per-run state.
 
 Call order for one run::
 
-    tladapt_validators -> tladapt_setup -> tladapt_fit_start
+    tladapt_validators -> tladapt_transform_domains -> tladapt_setup -> tladapt_fit_start
     per step:  tladapt_source_weights -> tladapt_losses -> tladapt_balance_losses
                -> (backward, optimizer step)
                -> tladapt_step_end
@@ -26,6 +26,32 @@ from __future__ import annotations
 import pluggy
 
 hookspec = pluggy.HookspecMarker("tladapt")
+
+
+@hookspec
+def tladapt_transform_domains(trainer):
+    """Replace the run's domains before any model exists: transforms that change the input space.
+
+    Examples: TCA / JDA / BDA embeddings (the ``jda`` plugin), which map the inputs to a
+    ``k``-dimensional subspace fitted on the whole labelled source and unlabelled target.
+    Called once per run, after the task is split and before the pipeline, the backbone and
+    the heads are built: ``trainer.source`` (labelled training split; None in a
+    source-free run), ``trainer.source_val``, ``trainer.target`` (unlabelled) and
+    ``trainer.target_labelled`` are :class:`tladapt.data.Domain` objects on the device,
+    and a plugin may replace each by a transformed domain with the same samples in the
+    same order, the same labels, name and classes, and any input shape common to all of
+    them. The backbone is then built for the new shape (``model.backbone = "auto"``: an MLP
+    for vectors). Nothing of the model exists yet (no ``trainer.backbone``, no
+    ``trainer.log``); several implementations run in pluggy's order (``tryfirst`` /
+    ``trylast`` order them), each seeing the domains the previous one left. Transforms that keep the input space (CORAL's re-colouring) may use
+    ``tladapt_fit_start`` instead.
+
+    Args:
+        trainer: the run's trainer.
+
+    Returns:
+        None.
+    """
 
 
 @hookspec

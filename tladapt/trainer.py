@@ -140,6 +140,8 @@ class Trainer:
         self._target_labels = splits.target_rest.y
         self.target = splits.target_rest.unlabelled()
         self.num_classes = len(self.target.classes)
+        pm.hook.tladapt_transform_domains(trainer=self)  # may change the input space (JDA, TCA, BDA)
+        self._check_transformed(splits)
         try:  # the pipeline checks the batch size against the domains it will sample
             self.pipeline = self._make_pipeline()
         except ValueError as err:
@@ -197,6 +199,25 @@ class Trainer:
             decay = lambda step: 1.0  # noqa: E731
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, decay)
         self.threads = choose_threads(cfg.threads, self.device, self._step_flops)
+
+    def _check_transformed(self, splits) -> None:
+        """After ``tladapt_transform_domains``: every domain kept its length and they share one
+        input shape.
+
+        Raises:
+            PluginError: naming the domain that changed length or shape.
+        """
+        before = {"source": splits.source, "source_val": splits.source_val, "target": splits.target_rest,
+                  "target_labelled": splits.target_labelled}
+        shape = self.target.input_shape
+        for role, old in before.items():
+            new = getattr(self, role)
+            if (old is None) != (new is None) or (new is not None and len(new) != len(old)):
+                raise PluginError(f"tladapt_transform_domains changed trainer.{role}: a transform must keep every "
+                                  f"domain's samples (same length, same order)")
+            if new is not None and new.input_shape != shape:
+                raise PluginError(f"tladapt_transform_domains left trainer.{role} with input shape {new.input_shape}, "
+                                  f"the target's is {shape}: every domain must share one input shape")
 
     def _step_flops(self) -> float:
         """The thread rule's estimate of one step's work (:func:`tladapt.threads.step_flops`)."""
