@@ -11,7 +11,7 @@ from pathlib import Path
 from tladapt.cli.args import add_enable_arg, add_plugin_arg, add_set_arg
 from tladapt.errors import ConfigError
 
-DEFAULT_CONFIGS = ("default.toml", "default_dann.toml")
+DEFAULT_CONFIGS = ("default_digits.toml", "default_digits_dann.toml", "default.toml", "default_dann.toml")
 
 
 def _default_config_paths() -> list[str]:
