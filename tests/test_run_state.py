@@ -3,6 +3,7 @@ models in eval mode, the run's own task in its hparams, histograms plugins write
 
 import dataclasses
 import io
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,6 +17,8 @@ from tladapt.experiment import run_experiment
 from tladapt.progress import Progress
 
 from helpers import make_trainer
+
+CONFIGS = Path(tladapt.__file__).parent / "configs"
 
 
 def test_config_sections_validate_on_construction_and_assignment():
@@ -92,7 +95,8 @@ def test_plugins_write_histograms_at_the_evaluation_step(fast_config):
 
 
 def test_off_a_terminal_each_finished_run_prints_one_label_free_line(tmp_path, capsys):
-    argv = ["run", "--runs-dir", str(tmp_path), "--set", "trainer.steps=4", "--set", "trainer.eval_every=4",
+    configs = [str(CONFIGS / name) for name in ("default.toml", "default_dann.toml")]  # the SURF half of the default
+    argv = ["run", *configs, "--runs-dir", str(tmp_path), "--set", "trainer.steps=4", "--set", "trainer.eval_every=4",
             "--set", "experiment.seeds=[0]", "--set", "data.tasks=['webcam->dslr']", "--set", "model.hidden=[8]"]
     assert main(argv) == 0
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("run ")]
