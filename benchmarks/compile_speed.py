@@ -33,9 +33,9 @@ from tladapt.trainer import Trainer
 
 CASES = {
     "lenet": ("LeNet + DANN[500,500], USPS->MNIST, b64", "mnist_usps_jda", ("usps", "mnist"),
-              ["model.backbone='lenet'", "trainer.batch_size=64", "plugins.dann.hidden=[500, 500]"]),
+              ["model.backbone='lenet'", "trainer.batch_size=64", "+dann", "plugins.dann.hidden=[500, 500]"]),
     "surf": ("SURF MLP[256] + DANN[1024,1024], A->W, b32", "office_caltech10_surf", ("amazon", "webcam"),
-             ["model.hidden=[256]", "trainer.batch_size=32", "plugins.dann={}"]),
+             ["model.hidden=[256]", "trainer.batch_size=32", "+dann"]),
 }
 
 
@@ -44,13 +44,21 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def build(case, device, mode, root):
+def make_config(case, device, mode):
+    """The prepared config of a case (``"+NAME"`` in its overrides enables plugin NAME)."""
     _, dataset, task, overrides = CASES[case]
+    sets = [o for o in overrides if not o.startswith("+")]
+    enable = [o[1:] for o in overrides if o.startswith("+")]
     config = load_config(None, [f"data.dataset='{dataset}'", f"data.tasks=['{task[0]}->{task[1]}']",
                                 f"trainer.steps={10 ** 9}", f"trainer.eval_every={10 ** 9}", "trainer.progress=false",
                                 f"trainer.device='{device}'", "trainer.checkpoint=false",
-                                f"trainer.compile='{mode}'", *overrides])
-    config, active = prepare(config)
+                                f"trainer.compile='{mode}'", *sets], enable=enable)
+    return prepare(config)
+
+
+def build(case, device, mode, root):
+    _, dataset, task, _ = CASES[case]
+    config, active = make_config(case, device, mode)
     src, tgt = load_domain(dataset, task[0]), load_domain(dataset, task[1])
     trainer = Trainer(config, src, tgt, make_plugin_manager(active), new_run_dir(root, "bench", "t", mode, 0), 0)
     trainer.start()

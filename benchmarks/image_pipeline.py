@@ -178,7 +178,7 @@ def make_trainer(root, args, device, arch, precision, run_root):
         f"trainer.steps={10 ** 9}", f"trainer.eval_every={10 ** 9}", "trainer.log_every=50",
         f"trainer.device='{device.type}'", "trainer.progress=false", f"trainer.precision='{precision}'",
         f"trainer.channels_last={'true' if device.type == 'cuda' else 'false'}", "plugins.dann.weight=1.0",
-    ])
+    ], enable=["dann"])
     config, active = prepare(config)
     src, tgt = load_task(config.data, "source->target")
     trainer = Trainer(config, src, tgt, make_plugin_manager(active), new_run_dir(run_root, "bench", "t", arch, 0), 0)

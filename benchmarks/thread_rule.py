@@ -33,9 +33,9 @@ CASES = [
     ("SURF mlp[256] b32 (default.toml)", "office_caltech10_surf", ("amazon", "webcam"), ["model.hidden=[256]",
                                                                                        "trainer.batch_size=32"]),
     ("SURF mlp[256] b32 + DANN (default_dann.toml)", "office_caltech10_surf", ("amazon", "webcam"),
-     ["model.hidden=[256]", "trainer.batch_size=32", "plugins.dann={}"]),
+     ["model.hidden=[256]", "trainer.batch_size=32", "+dann"]),
     ("digits lenet b64 + DANN[500,500]", "mnist_usps_jda", ("usps", "mnist"),
-     ["model.backbone='lenet'", "trainer.batch_size=64", "plugins.dann.hidden=[500, 500]"]),
+     ["model.backbone='lenet'", "trainer.batch_size=64", "+dann", "plugins.dann.hidden=[500, 500]"]),
     ("SURF mlp[1024] b128", "office_caltech10_surf", ("caltech", "amazon"), ["model.hidden=[1024]",
                                                                              "trainer.batch_size=128"]),
     ("SURF mlp[1024,1024] b256", "office_caltech10_surf", ("caltech", "amazon"),
@@ -49,11 +49,18 @@ CASES = [
 ]
 
 
-def build(dataset, task, overrides, root):
+def make_config(dataset, task, overrides):
+    """The prepared config of a case (``"+NAME"`` in ``overrides`` enables plugin NAME)."""
+    sets = [o for o in overrides if not o.startswith("+")]
+    enable = [o[1:] for o in overrides if o.startswith("+")]
     config = load_config(None, [f"data.dataset='{dataset}'", f"data.tasks=['{task[0]}->{task[1]}']",
                                 "trainer.steps=1000000", "trainer.eval_every=1000000", "trainer.progress=false",
-                                "trainer.device='cpu'", "trainer.checkpoint=false", *overrides])
-    config, active = prepare(config)
+                                "trainer.device='cpu'", "trainer.checkpoint=false", *sets], enable=enable)
+    return prepare(config)
+
+
+def build(dataset, task, overrides, root):
+    config, active = make_config(dataset, task, overrides)
     src, tgt = load_domain(dataset, task[0]), load_domain(dataset, task[1])
     trainer = Trainer(config, src, tgt, make_plugin_manager(active), new_run_dir(root, "bench", "t", "m", 0), 0)
     trainer.start()
