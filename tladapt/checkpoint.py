@@ -19,6 +19,8 @@ A checkpoint is one dict of tensors and plain Python containers, which is all th
     best         trainer.keep_best's best value and step, or None
     plugins      {plugin name: what its tladapt_state_dict returned}
     rng          torch CPU (and CUDA) generator states, numpy's and Python's, as tensors
+    ranks        under torchrun only: each rank's {rng, pipeline, logger}, by rank
+                 (tladapt.distributed.rank_states; rank_checkpoint picks a rank's view)
 
 :func:`capture` takes one from a trainer after a step; :func:`restore` puts one back
 into a freshly built and started trainer of the same config, task and seed, so the

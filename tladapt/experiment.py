@@ -10,7 +10,7 @@ import traceback
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
-from tladapt import checkpoint, signals
+from tladapt import checkpoint, distributed, signals
 from tladapt.config import Config, ConfigError, load_run_config, parse_task
 from tladapt.batched import RunSpec, fit_together
 from tladapt.data.augment import resolve_spec
@@ -81,6 +81,7 @@ def prepare(config: Config, plugins: Iterable[str | type] = ()) -> tuple[Config,
             for seed in config.experiment.seeds:
                 find_checkpoint(config.model.init_from, task, seed)
     check_compile(config, active)
+    distributed.check_config(config)
     pm = make_plugin_manager(active)
     directions = {v.name: v.direction for v in choose_validators(
         available_validators(pm), config.validation.validators,
@@ -155,7 +156,8 @@ def progress_for(configs: Sequence[Config], oracle: bool = False) -> Progress:
     config has ``trainer.progress``; ``oracle`` adds the oracle target accuracy."""
     runs = sum(len(c.data.tasks) * len(c.experiment.seeds) for c in configs)
     steps = sum(len(c.data.tasks) * len(c.experiment.seeds) * c.trainer.steps for c in configs)
-    return Progress(runs, steps, enabled=all(c.trainer.progress for c in configs), oracle=oracle)
+    shown = all(c.trainer.progress for c in configs) and distributed.context().main  # torchrun: rank 0's
+    return Progress(runs, steps, enabled=shown, oracle=oracle)
 
 
 def run_experiment(config: Config, plugins: Iterable[str | type] = (), progress: Progress | None = None,
@@ -184,6 +186,7 @@ def run_experiment(config: Config, plugins: Iterable[str | type] = (), progress:
         RunInterrupted: after SIGINT/SIGTERM (the run under way is checkpointed).
     """
     config, active = prepare(config, plugins)
+    distributed.setup(config.trainer.device)  # under torchrun: every run is trained by all processes
     own = progress is None
     progress = progress_for([config]) if own else progress
     exp, method, config_id = config.experiment, config.experiment.method, config.fingerprint()
@@ -210,8 +213,10 @@ def run_experiment(config: Config, plugins: Iterable[str | type] = (), progress:
             for seed in exp.seeds:
                 if signals.requested() is not None:
                     raise RunInterrupted(signals.requested())
-                run_dir = find_run(exp.runs_dir, exp.name, task, method, seed, config_id) if resume else None
-                if run_dir is not None and read_status(run_dir).finished:
+                # rank 0 reads and makes run directories; under torchrun the others follow its answers
+                run_dir, finished = distributed.on_main(lambda: _found_run(exp, task, method, seed, config_id)) \
+                    if resume else (None, False)
+                if finished:
                     train_fresh()
                     done[seed] = json.loads((run_dir / "results.json").read_text())
                     progress.advance(config.trainer.steps)
@@ -220,8 +225,7 @@ def run_experiment(config: Config, plugins: Iterable[str | type] = (), progress:
                     train_fresh()
                     done[seed] = execute_run(config, active, task, source, target, run_dir, seed, progress, on_run)
                     continue
-                run_dir = new_run_dir(exp.runs_dir, exp.name, task, method, seed)
-                write_json(run_dir / "config.json", config.to_dict())
+                run_dir = distributed.on_main(lambda: _new_run(config, task, method, seed))
                 fresh.append(RunSpec(config, task, source, target, active, seed, run_dir))
                 if len(fresh) == group_size:
                     train_fresh()
@@ -232,6 +236,27 @@ def run_experiment(config: Config, plugins: Iterable[str | type] = (), progress:
     return results
 
 
+def _found_run(exp, task: str, method: str, seed: int, config_id: str) -> tuple[Path | None, bool]:
+    """The earlier run of this task, seed and config to reuse (:func:`tladapt.runs.find_run`) and
+    whether it finished."""
+    run_dir = find_run(exp.runs_dir, exp.name, task, method, seed, config_id)
+    return run_dir, run_dir is not None and read_status(run_dir).finished
+
+
+def _new_run(config: Config, task: str, method: str, seed: int) -> Path:
+    """A new run directory with the run's ``config.json``."""
+    exp = config.experiment
+    run_dir = new_run_dir(exp.runs_dir, exp.name, task, method, seed)
+    write_json(run_dir / "config.json", config.to_dict())
+    return run_dir
+
+
+def _clean_for_training(run_dir: Path) -> bool:
+    """Remove the temporary files a killed process left in ``run_dir``; whether it has a checkpoint."""
+    clean_temp_files(run_dir)
+    return (run_dir / "checkpoint.pt").is_file()
+
+
 def execute_run(config: Config, active: list[tuple[PluginInfo, dict]], task: str, source: Domain | None,
                 target: Domain, run_dir: Path, seed: int, progress: Progress | None = None,
                 on_run: Callable[[Trainer, dict], None] | None = None) -> dict:
@@ -239,7 +264,8 @@ def execute_run(config: Config, active: list[tuple[PluginInfo, dict]], task: str
     and keep its ``status.json`` true (:class:`tladapt.runs.RunStatus`): ``running`` while it
     trains, then ``finished``, ``interrupted`` or ``failed`` (with ``traceback.txt``).
 
-    Temporary files a killed process left in ``run_dir`` are removed first.
+    Temporary files a killed process left in ``run_dir`` are removed first. Under ``torchrun``
+    every rank trains the run and rank 0 alone keeps the files.
 
     Returns:
         The run's results (its ``results.json``).
@@ -247,27 +273,30 @@ def execute_run(config: Config, active: list[tuple[PluginInfo, dict]], task: str
     Raises:
         whatever stopped the run, after recording it in ``status.json``.
     """
-    clean_temp_files(run_dir)
+    main = distributed.context().main
     file = run_dir / "checkpoint.pt"
-    state = checkpoint.load(file, f"the checkpoint of run {run_dir}") if file.is_file() else None
-    write_status(run_dir, "running", dataset=config.data.dataset, task=task, method=config.experiment.method,
-                 seed=seed, config_id=config.fingerprint(), steps=config.trainer.steps,
-                 step=0 if state is None else state["step"])
+    state = checkpoint.load(file, f"the checkpoint of run {run_dir}") if distributed.on_main(
+        lambda: _clean_for_training(run_dir)) else None
+    status = write_status if main else (lambda *args, **kwargs: None)
+    status(run_dir, "running", dataset=config.data.dataset, task=task, method=config.experiment.method,
+           seed=seed, config_id=config.fingerprint(), steps=config.trainer.steps,
+           step=0 if state is None else state["step"])
     try:
         trainer = Trainer(config, source, target, make_plugin_manager(active), run_dir, seed,
                           source_name=parse_task(task)[0], resume=state)
         results = trainer.fit(progress)
     except RunInterrupted as stop:
-        write_status(run_dir, "interrupted", step=stop.step)
+        status(run_dir, "interrupted", step=stop.step)
         raise
     except KeyboardInterrupt:  # a second Ctrl-C: the last checkpoint stays usable
-        write_status(run_dir, "interrupted")
+        status(run_dir, "interrupted")
         raise
     except BaseException as err:
-        atomic_write_bytes(run_dir / "traceback.txt", lambda f: f.write(traceback.format_exc().encode()))
-        write_status(run_dir, "failed", error=f"{type(err).__name__}: {err}", traceback="traceback.txt")
+        if main:
+            atomic_write_bytes(run_dir / "traceback.txt", lambda f: f.write(traceback.format_exc().encode()))
+        status(run_dir, "failed", error=f"{type(err).__name__}: {err}", traceback="traceback.txt")
         raise
-    write_status(run_dir, "finished", step=config.trainer.steps)
+    status(run_dir, "finished", step=config.trainer.steps)
     if on_run is not None:
         on_run(trainer, results)
     return results
@@ -329,13 +358,15 @@ def resume_runs(root: str | Path, plugins: Iterable[str | type] = ()) -> list[di
     run_dirs = find_run_dirs(root)
     if not run_dirs:
         raise ConfigError(f"--resume {root}: no run directory (a folder with config.json) at or below it")
+    distributed.setup(load_run_config(run_dirs[0]).trainer.device)
+    # rank 0 reads the states; under torchrun the other ranks follow its answers
+    states = distributed.on_main(lambda: [(s, s.finished, s.live) for s in map(read_status, run_dirs)])
     plan: list[tuple[Path, Config, list, str, int] | Path] = []
-    for run_dir in run_dirs:
-        status = read_status(run_dir)
-        if status.finished:
+    for run_dir, (status, finished, live) in zip(run_dirs, states):
+        if finished:
             plan.append(run_dir)
             continue
-        if status.live:
+        if live:
             if run_dir == Path(root):
                 raise ConfigError(f"run {run_dir} is being trained by process {status.pid} on {status.host}")
             print(f"skipping {run_dir}: being trained by process {status.pid}", file=sys.stderr)
@@ -344,7 +375,8 @@ def resume_runs(root: str | Path, plugins: Iterable[str | type] = ()) -> list[di
             config, active = prepare(load_run_config(run_dir), plugins)
             task, seed = _run_identity(run_dir, config, status)
             if (run_dir / "checkpoint.pt").is_file():
-                checkpoint.load(run_dir / "checkpoint.pt", f"the checkpoint of run {run_dir}")
+                what = f"the checkpoint of run {run_dir}"
+                distributed.rank_checkpoint(checkpoint.load(run_dir / "checkpoint.pt", what), what)
         except ConfigError as err:
             raise ConfigError(f"cannot resume {run_dir}: {err}") from None
         plan.append((run_dir, config, active, task, seed))

@@ -20,7 +20,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 from typing import TYPE_CHECKING
 
@@ -292,11 +292,16 @@ class RunLogger:
     Args:
         run_dir: the run's directory (from :func:`new_run_dir`).
         purge_step: on resume, the checkpoint's step + 1; None for a new run.
+        write: False: nothing is written (every ``SummaryWriter`` call is a no-op), as on the
+            ranks other than 0 of a distributed run (:mod:`tladapt.distributed`).
+        reduce: applied at each :meth:`flush` to the stacked ``(tags,)`` tensor sums before
+            the means are taken (a distributed run averages them over the ranks); None: as they are.
     """
 
-    def __init__(self, run_dir: str | Path, purge_step: int | None = None):
-        self.run_dir, self.purge_step = Path(run_dir), purge_step
-        self._writer: SummaryWriter | None = None
+    def __init__(self, run_dir: str | Path, purge_step: int | None = None, write: bool = True,
+                 reduce: Callable[[torch.Tensor], torch.Tensor] | None = None):
+        self.run_dir, self.purge_step, self.write, self.reduce = Path(run_dir), purge_step, write, reduce
+        self._writer: SummaryWriter | _NullWriter | None = None
         self._buffers: dict[str, torch.Tensor] = {}
         self._floats: dict[str, float] = {}
         self._counts: dict[str, int] = {}
@@ -305,7 +310,9 @@ class RunLogger:
 
     @property
     def writer(self) -> SummaryWriter:
-        """The run's ``SummaryWriter``, opened on first use."""
+        """The run's ``SummaryWriter``, opened on first use (a no-op writer when not ``write``)."""
+        if self._writer is None and not self.write:
+            self._writer = _NullWriter()
         if self._writer is None:
             if self.purge_step is not None:
                 _wait_for_a_later_event_file_name(self.run_dir)
@@ -382,8 +389,11 @@ class RunLogger:
             return {}
         import torch
 
-        tensors = [t for t in tags if t in self._buffers]
-        values = dict(zip(tensors, torch.stack([self._buffers[t] for t in tensors]).tolist())) if tensors else {}
+        tensors = sorted(t for t in tags if t in self._buffers)  # one order on every rank for reduce
+        values = {}
+        if tensors:
+            sums = torch.stack([self._buffers[t] for t in tensors])
+            values = dict(zip(tensors, (sums if self.reduce is None else self.reduce(sums)).tolist()))
         means = {}
         for tag in tags:
             means[tag] = (values.get(tag, 0.0) + self._floats.get(tag, 0.0)) / self._counts[tag]
@@ -435,6 +445,15 @@ class RunLogger:
         """Flush and close the event file (if one was opened)."""
         if self._writer is not None:
             self._writer.close()
+
+
+class _NullWriter:
+    """Stands for a ``SummaryWriter`` where nothing is written: every method does nothing."""
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "file_writer":
+            return self
+        return lambda *args, **kwargs: None
 
 
 def _wait_for_a_later_event_file_name(run_dir: Path) -> None:

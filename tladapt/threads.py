@@ -110,7 +110,7 @@ def auto_threads(flops: float, cores: int) -> int:
     return max(1, min(cores, math.floor(flops / FLOPS_PER_THREAD)))
 
 
-def choose_threads(configured: int, device: torch.device, flops_fn) -> ThreadChoice:
+def choose_threads(configured: int, device: torch.device, flops_fn, processes: int = 1) -> ThreadChoice:
     """The thread count of a run.
 
     Args:
@@ -118,8 +118,10 @@ def choose_threads(configured: int, device: torch.device, flops_fn) -> ThreadCho
         device: the training device; the rule applies to CPU runs.
         flops_fn: called without arguments for the step's FLOP estimate (only when the
             rule needs it, so a GPU run or a configured count costs nothing).
+        processes: processes of one run sharing this machine's cores (``torchrun``'s
+            ``LOCAL_WORLD_SIZE``): each gets ``cores // processes`` of them (at least 1).
     """
-    cores = available_cores()
+    cores = max(1, available_cores() // processes)
     if configured:
         return ThreadChoice(configured, "config", 0.0, cores)
     if device.type != "cpu":

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import random
+import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tladapt import checkpoint, signals
+from tladapt import checkpoint, distributed, signals
 from tladapt.config import Config, ConfigError
 from tladapt.data.augment import attach
 from tladapt.data.domain import Domain
@@ -67,14 +68,16 @@ class Outputs:
 def resolve_device(name: str) -> torch.device:
     """Map the config's ``trainer.device`` to a device.
 
+    Under ``torchrun`` a CUDA device is ``cuda:LOCAL_RANK`` (:mod:`tladapt.distributed`).
+
     Raises:
         ConfigError: for ``"cuda"`` when CUDA is not available.
     """
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
         raise ConfigError("trainer.device = 'cuda' but CUDA is not available here: use 'auto' or 'cpu'")
-    return torch.device(name)
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name)
+    ctx = distributed.context()
+    return torch.device("cuda", ctx.local_rank) if device.type == "cuda" and ctx.active else device
 
 
 class Trainer:
@@ -116,7 +119,8 @@ class Trainer:
     ``add_module``, ``log`` (per-step scalars), ``histogram`` (whole-dataset tensors) and
     ``resuming`` (True while a resumed run is built and started: a plugin may skip
     expensive ``tladapt_fit_start`` work whose result its ``tladapt_load_state_dict``
-    restores).
+    restores) and ``dist`` (:class:`tladapt.distributed.Context`: rank and number of
+    processes under ``torchrun``; ``dist.main`` is the rank that writes files).
     """
 
     def __init__(self, config: Config, source: Domain | None, target: Domain, pm: pluggy.PluginManager,
@@ -124,6 +128,7 @@ class Trainer:
         self.config, self.pm, self.seed, self.run_dir = config, pm, seed, Path(run_dir)
         self._resume, self.resuming = resume, resume is not None
         cfg = config.trainer
+        self.dist = distributed.setup(cfg.device)  # one process: Context(); under torchrun: this rank
         self.device = resolve_device(cfg.device)
         if (source is None) != config.data.source_free:
             raise ValueError("a source domain must be given unless data.source_free = true, and none when it is")
@@ -185,7 +190,8 @@ class Trainer:
         self.checkpoint_every = max(1, math.ceil(cfg.steps / 10)) if every == "auto" else every
         self.batched: dict | None = None  # set when tladapt.batched trains this run with others
         self.run_dir.mkdir(parents=True, exist_ok=True)  # new_run_dir made it; a test or script may not have
-        self.logger = RunLogger(self.run_dir, purge_step=None if resume is None else resume["step"] + 1)
+        self.logger = RunLogger(self.run_dir, purge_step=None if resume is None else resume["step"] + 1,
+                                write=self.dist.main, reduce=distributed.mean_over_ranks if self.dist.active else None)
         self.logger.writer.add_custom_scalars(scalars_layout())  # TensorBoard opens the run on what matters
 
         self.extra_domains: dict[str, Domain] = {}
@@ -198,7 +204,7 @@ class Trainer:
         else:
             decay = lambda step: 1.0  # noqa: E731
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, decay)
-        self.threads = choose_threads(cfg.threads, self.device, self._step_flops)
+        self.threads = choose_threads(cfg.threads, self.device, self._step_flops, self.dist.local_world_size)
 
     def _check_transformed(self, splits) -> None:
         """After ``tladapt_transform_domains``: every domain kept its length and they share one
@@ -229,7 +235,8 @@ class Trainer:
     def _make_pipeline(self) -> PairedPipeline:
         cfg = self.config.trainer
         return PairedPipeline(self.source, self.target, cfg.batch_size, self.seed, cfg.replacement,
-                              labelled=self.target_labelled, extra=getattr(self, "extra_domains", None))
+                              labelled=self.target_labelled, extra=getattr(self, "extra_domains", None),
+                              shard=(self.dist.rank, self.dist.world_size))
 
     def _param_groups(self) -> list[dict]:
         """One optimizer group per learning-rate multiplier key.
@@ -455,12 +462,15 @@ class Trainer:
         self.pm.hook.tladapt_fit_start(trainer=self)
         if self.pipeline.source is not self.source or self.pipeline.target is not self.target:
             self.pipeline = self._make_pipeline()  # a plugin replaced a domain (same length)
-        if self.config.trainer.plots:
+        if self.config.trainer.plots and self.dist.main:
             self.plot("start", 0)
         self.modules.train()
         self.history: list[dict] = []
         self.steps_done = 0
         self._loss_terms, self._step = compile_loss(self), make_step(self)  # trainer.compile
+        if self.dist.active:  # torchrun: gradients averaged over the ranks, per-rank dropout from here on
+            self._loss_terms = distributed.DistributedLoss(self, self._loss_terms)
+            distributed.reseed(self.seed)
 
     def advance(self) -> None:
         """One training step with its hooks, plus logging and evaluation when they are due."""
@@ -491,7 +501,7 @@ class Trainer:
                                        f"lower trainer.lr or the loss weights")
         if done % cfg.eval_every == 0 or done == cfg.steps:
             self.history.append({"step": done, **self.evaluate()})
-            if self.best is not None and self.best.update(self.history[-1]):
+            if self.best is not None and self.best.update(self.history[-1]) and self.dist.main:
                 checkpoint.save(self.run_dir / "best.pt", checkpoint.capture(self))
         if self.checkpoint_every and done % self.checkpoint_every == 0 and done < cfg.steps:
             self.save_checkpoint()
@@ -499,9 +509,16 @@ class Trainer:
     def save_checkpoint(self) -> None:
         """Write ``checkpoint.pt`` (atomically, replacing the last one) after the last finished
         step, with the TensorBoard events so far handed to the OS first, and record its step
-        in ``status.json``."""
+        in ``status.json``. Under ``torchrun`` every rank calls it at the same step: rank 0 writes,
+        with every rank's generators, streams and log sums (:func:`tladapt.distributed.rank_states`)."""
+        ranks = distributed.rank_states(self)
+        if not self.dist.main:
+            return
         self.logger.flush_to_disk()
-        checkpoint.save(self.run_dir / "checkpoint.pt", checkpoint.capture(self))
+        state = checkpoint.capture(self)
+        if ranks is not None:
+            state["ranks"] = ranks
+        checkpoint.save(self.run_dir / "checkpoint.pt", state)
         write_status(self.run_dir, "running", step=self.steps_done, steps=self.config.trainer.steps)
 
     def fit(self, progress: Progress | None = None) -> dict:
@@ -526,23 +543,33 @@ class Trainer:
             with run_threads(self.threads.threads), signals.stop_signals():
                 self.start()
                 if self._resume is not None:
-                    checkpoint.restore(self, self._resume)
+                    state = distributed.rank_checkpoint(self._resume, f"the checkpoint of {self.run_dir}")
+                    checkpoint.restore(self, state)
                     self._resume, self.resuming = None, False
                     progress.advance(self.steps_done)
                 while self.steps_done < cfg.steps:
                     self.advance()
                     evaluated = self.history and self.history[-1]["step"] == self.steps_done
                     progress.step(self.history[-1] if evaluated else None)
-                    if signals.requested() is not None and self.steps_done < cfg.steps:
+                    if self.steps_done < cfg.steps and self._stop_requested():
                         self.save_checkpoint()
                         self.logger.close()
-                        raise RunInterrupted(signals.requested(), self.run_dir, self.steps_done, cfg.steps)
+                        raise RunInterrupted(signals.requested() or signal.SIGTERM, self.run_dir, self.steps_done,
+                                             cfg.steps)
                 results = self.finish()
         finally:
             if own:
                 progress.close()
         progress.end_run(results["final"])
         return results
+
+    def _stop_requested(self) -> bool:
+        """Whether SIGINT/SIGTERM asked the run to stop after this step; under ``torchrun`` the
+        ranks agree at each log flush (a signal seen by any rank stops all of them there)."""
+        requested = signals.requested() is not None
+        if not self.dist.active:
+            return requested
+        return self.steps_done % self.config.trainer.log_every == 0 and distributed.any_rank(requested)
 
     def finish(self) -> dict:
         """The final checkpoint, ``tladapt_fit_end``, then ``results.json`` and the hparams entry
@@ -568,15 +595,18 @@ class Trainer:
             results["best"] = self.best.summary()
         if self.batched is not None:
             results["batched"] = self.batched
+        if self.dist.active:
+            results["distributed"] = {**self.dist.to_dict(), "global_batch_size": cfg.batch_size * self.dist.world_size}
         self.save_checkpoint()
         self.pm.hook.tladapt_fit_end(trainer=self, results=results)
-        write_json(self.run_dir / "results.json", results)
-        if cfg.plots:
+        if self.dist.main:
+            write_json(self.run_dir / "results.json", results)
+        if cfg.plots and self.dist.main:
             self.plot("end", self.steps_done)
         headline = {k: v for k, v in self.history[-1].items() if k == "oracle/target_acc" or k.startswith("metrics/")}
         self.logger.hparams(self._hparams(), headline)
         self.logger.close()
-        if not cfg.checkpoint:
+        if not cfg.checkpoint and self.dist.main:
             (self.run_dir / "checkpoint.pt").unlink(missing_ok=True)
         self.modules.eval()  # a trained model is used for inference from here on
         return results
@@ -597,7 +627,7 @@ class Trainer:
         """Predicted classes ``(n,)`` int64 for every sample of ``domain`` (chunked, no grad),
         by ``head`` (default: the target's head, ``self.head``)."""
         head = self.head if head is None else head
-        return domain.map(lambda x: head(self.backbone(x)).argmax(1))
+        return distributed.map_domain(domain, lambda x: head(self.backbone(x)).argmax(1))
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
@@ -607,6 +637,7 @@ class Trainer:
         ``tladapt_evaluate`` adds; logged at the current step and returned as TensorBoard
         tag -> value."""
         self.modules.eval()
+        distributed.sync_buffers(self.modules)  # torchrun: every rank evaluates rank 0's model
         metrics = {}
         if self.classes["head"] is not None:
             metrics["target_acc"] = 100.0 * (self.predict(self.target) == self._target_labels).float().mean().item()

@@ -39,7 +39,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def main(args) -> int:
-    """Run ``tladapt run``; returns the exit status."""
+    """Run ``tladapt run``; returns the exit status. Under ``torchrun`` every run is trained by all
+    processes (:mod:`tladapt.distributed`) and rank 0 prints the table."""
+    from tladapt import distributed
+
+    try:
+        return _run(args, distributed.context().main)
+    finally:
+        distributed.shutdown()
+
+
+def _run(args, main: bool) -> int:
     from tladapt.config import load_configs
     from tladapt.experiment import prepare_all, progress_for, resume_runs, run_experiment
     from tladapt.tables import build_table, render_table
@@ -51,7 +61,8 @@ def main(args) -> int:
             raise ConfigError(f"--resume {args.resume} continues runs with their saved configs: "
                               f"{', '.join(given)} cannot change them")
         results = resume_runs(args.resume, args.plugin)
-        print(render_table(build_table(results)))
+        if main:
+            print(render_table(build_table(results)))
         return 0
     if args.resume:  # --resume CONFIG.toml: the config to run again with resume
         if not Path(args.resume).is_file():
@@ -62,7 +73,7 @@ def main(args) -> int:
     overrides += [f"experiment.runs_dir={json.dumps(args.runs_dir)}"] if args.runs_dir else []
     configs = load_configs(paths, overrides, args.seeds, args.enable)
     configs = prepare_all(configs, args.plugin, args.enable)  # every config is checked before the first run
-    if not args.configs:
+    if not args.configs and main:
         print("No config given: running the bundled default experiment "
               f"({', '.join(DEFAULT_CONFIGS)}) on real data.", file=sys.stderr)
     results = []
@@ -70,6 +81,8 @@ def main(args) -> int:
     for config in configs:
         results += run_experiment(config, args.plugin, progress, resume=args.resume is not None)
     progress.close()
+    if not main:
+        return 0
     print(render_table(build_table(results)))
     print(f"\nRun directories (TensorBoard: tensorboard --logdir {configs[0].experiment.runs_dir}):")
     for r in results:

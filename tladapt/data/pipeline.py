@@ -82,36 +82,48 @@ class IndexStream:
     same shape; a small domain simply starts epochs more often. With replacement,
     each batch is ``batch_size`` uniform draws.
 
+    With ``shard = (rank, world)`` (one run over ``world`` processes,
+    :mod:`tladapt.distributed`) every process draws the same global batches of
+    ``world * batch_size`` indices (the same generator seed) and keeps its own slice
+    ``[rank * batch_size, (rank + 1) * batch_size)``: the ranks' batches together are
+    exactly the batch a single process draws with ``world * batch_size``.
+
     Args:
         n: domain size.
-        batch_size: indices per batch.
+        batch_size: indices per batch (per process when sharded).
         generator: a ``torch.Generator`` on the device where indices are made.
         replacement: sample with replacement.
+        shard: ``(rank, world)``; ``(0, 1)`` for one process.
 
     Raises:
         ValueError: if ``n`` or ``batch_size`` is not positive, or
-            ``batch_size > n`` without replacement.
+            ``world * batch_size > n`` without replacement.
     """
 
-    def __init__(self, n: int, batch_size: int, generator: torch.Generator, replacement: bool = False):
+    def __init__(self, n: int, batch_size: int, generator: torch.Generator, replacement: bool = False,
+                 shard: tuple[int, int] = (0, 1)):
         if n <= 0:
             raise ValueError(f"cannot sample from an empty domain (n={n})")
         if batch_size <= 0:
             raise ValueError(f"trainer.batch_size must be positive, got {batch_size}")
-        if batch_size > n and not replacement:
+        rank, world = shard
+        if batch_size * world > n and not replacement:
+            size = f"{batch_size} x {world} processes = {batch_size * world}" if world > 1 else f"{batch_size}"
             raise ValueError(
-                f"trainer.batch_size={batch_size} exceeds the domain's {n} samples: "
-                f"expected batch_size <= {n}, or set trainer.replacement = true"
+                f"trainer.batch_size={size} exceeds the domain's {n} samples: "
+                f"expected batch_size <= {n // world}, or set trainer.replacement = true"
             )
         self.n, self.batch_size, self.replacement = n, batch_size, replacement
+        self.rank, self.world = rank, world
+        self.global_size = batch_size * world
         self.generator = generator
         device = generator.device
         # The epoch's permutation lives in one buffer for the whole run and the position of
         # the next batch in a device counter, so that a draw is device ops only (capturable
         # in a CUDA graph); the host counts the batches left to know when an epoch ends.
-        self._per_epoch = n // batch_size
+        self._per_epoch = n // self.global_size
         self._perm = torch.empty(0 if replacement else n, dtype=torch.long, device=device)
-        self._epoch = self._perm[: self._per_epoch * batch_size].view(-1, batch_size)
+        self._epoch = self._perm[: self._per_epoch * self.global_size].view(-1, self.global_size)
         self._pos = torch.zeros(1, dtype=torch.long, device=device)
         self._left = 0
 
@@ -129,9 +141,12 @@ class IndexStream:
     def draw(self) -> torch.Tensor:
         """The batch after :meth:`prepare`, by device ops only (no host sync, static shapes)."""
         if self.replacement:
-            return torch.randint(self.n, (self.batch_size,), generator=self.generator, device=self.generator.device)
-        idx = torch.index_select(self._epoch, 0, self._pos).view(-1)
-        self._pos.add_(1)
+            idx = torch.randint(self.n, (self.global_size,), generator=self.generator, device=self.generator.device)
+        else:
+            idx = torch.index_select(self._epoch, 0, self._pos).view(-1)
+            self._pos.add_(1)
+        if self.world > 1:
+            idx = idx[self.rank * self.batch_size:(self.rank + 1) * self.batch_size]
         return idx
 
     def next(self) -> torch.Tensor:
@@ -141,7 +156,7 @@ class IndexStream:
 
     def state_dict(self) -> dict:
         """Where the stream stands: the generator's state (``uint8`` CPU tensor), the current
-        epoch's ``(batches, batch_size)`` int64 permutation (``(0, batch_size)`` when the next
+        epoch's ``(batches, world * batch_size)`` int64 permutation (``(0, batch_size)`` when the next
         draw starts a new epoch) and the next batch's position in it."""
         if self.replacement or self._left == 0:
             epoch = self._epoch[:0].clone()
@@ -159,9 +174,10 @@ class IndexStream:
             ValueError: if the saved epoch does not fit this stream's batch size.
         """
         epoch = state["epoch"].to(self.generator.device)
-        if epoch.ndim != 2 or epoch.shape[1] != self.batch_size or epoch.shape[0] not in (0, self._per_epoch) \
+        if epoch.ndim != 2 or epoch.shape[1] != self.global_size or epoch.shape[0] not in (0, self._per_epoch) \
                 or (self.replacement and epoch.shape[0]):
-            raise ValueError(f"saved index stream of shape {tuple(epoch.shape)} does not fit batch size {self.batch_size}")
+            raise ValueError(f"saved index stream of shape {tuple(epoch.shape)} does not fit batch size "
+                             f"{self.global_size}")
         self.generator.set_state(state["generator"].cpu())
         if epoch.shape[0] == 0:
             self._left = 0
@@ -271,6 +287,12 @@ class PairedPipeline:
         extra: optional further labelled domains by name (multi-task learning); each
             batch holds ``min(batch_size, n)`` samples of each, drawn like ``labelled``
             (index generators ``extra:<name>_index``, seeded ``3 seed + 3 + i``).
+        shard: ``(rank, world)`` for one run over ``world`` processes
+            (:mod:`tladapt.distributed`): each index stream draws the global batch of
+            ``world * batch_size`` (``world * min(batch_size, n // world)`` for the labelled
+            and extra domains) and keeps this rank's slice (:class:`IndexStream`), and the
+            augmentation generators of rank ``r > 0`` are seeded ``r * 2**40`` higher, so
+            each rank augments its slice with draws of its own.
 
     Every random draw comes from a generator of the pipeline seeded from ``seed``
     (:attr:`generators`): the index streams (``3 seed + 0, 1, 2``; on the CPU for a
@@ -283,16 +305,19 @@ class PairedPipeline:
     """
 
     def __init__(self, source: Domain | None, target: Domain, batch_size: int, seed: int, replacement: bool = False,
-                 labelled: Domain | None = None, extra: dict[str, Domain] | None = None):
+                 labelled: Domain | None = None, extra: dict[str, Domain] | None = None,
+                 shard: tuple[int, int] = (0, 1)):
         device = target.device
+        rank, world = shard
         self.generators: dict[str, torch.Generator] = {}
 
         def sampler(role, dom, offset, size, replace):
             gen = torch.Generator(device="cpu" if dom.host is not None else device).manual_seed(3 * seed + offset)
             self.generators[f"{role}_index"] = gen
-            self.generators[f"{role}_augment"] = torch.Generator(device=device).manual_seed(2**32 + 3 * seed + offset)
+            self.generators[f"{role}_augment"] = torch.Generator(device=device).manual_seed(
+                2**32 + 3 * seed + offset + rank * 2**40)
             try:
-                stream = IndexStream(len(dom), size, gen, replace)
+                stream = IndexStream(len(dom), size, gen, replace, shard)
             except ValueError as err:
                 raise ValueError(f"{role} domain {dom.name!r}: {err}") from None
             return _DeviceSampler(dom, stream) if dom.host is None else HostSampler(dom, stream, device)
@@ -301,11 +326,18 @@ class PairedPipeline:
         if source is not None:
             self._samplers["source"] = sampler("source", source, 0, batch_size, replacement)
         if labelled is not None:
-            self._samplers["labelled"] = sampler("labelled", labelled, 2, min(batch_size, len(labelled)), False)
+            self._samplers["labelled"] = sampler("labelled", labelled, 2, self._share(batch_size, labelled, world),
+                                                 False)
         self.extra = dict(extra or {})
         for i, (name, dom) in enumerate(self.extra.items()):
-            self._samplers[f"extra:{name}"] = sampler(f"extra:{name}", dom, 3 + i, min(batch_size, len(dom)), False)
+            self._samplers[f"extra:{name}"] = sampler(f"extra:{name}", dom, 3 + i, self._share(batch_size, dom, world),
+                                                      False)
         self.source, self.target, self.labelled = source, target, labelled
+
+    @staticmethod
+    def _share(batch_size: int, domain: Domain, world: int) -> int:
+        """Per-process batch of a small labelled domain: ``min(batch_size, n // world)`` (at least 1)."""
+        return max(1, min(batch_size, len(domain) // world))
 
     def state_dict(self) -> dict:
         """Where every random draw stands: each sampler's index stream (and batch fetched ahead)
