@@ -9,11 +9,11 @@ import shlex
 import signal
 import sys
 
-from tladapt.cli import advise, config, datasets, distance, plot, plugins, run, select, sweep, table
+from tladapt.cli import advise, cluster, config, datasets, distance, plot, plugins, run, select, sweep, table
 from tladapt.errors import ConfigError, PluginError, RunInterrupted, TrainingDiverged
 
 #: The sub-command modules, in ``--help`` order.
-COMMANDS = (run, plugins, config, datasets, table, select, sweep, plot, distance, advise)
+COMMANDS = (run, plugins, config, datasets, table, select, sweep, plot, distance, advise, cluster)
 
 
 class _Version(argparse.Action):
