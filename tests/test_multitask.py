@@ -136,3 +136,9 @@ def test_add_domain_checks_its_input(fast_config):
     digits = load_domain("mnist_usps_jda", "usps")
     with pytest.raises(ValueError, match=r"input shape \(1, 16, 16\), expected the task's \(800,\)"):
         t.add_domain("c", digits)
+
+
+def test_a_separate_source_head_leaves_the_target_head_untrained_without_target_labels(fast_config):
+    [r] = run_experiment(fast_config("model.shared_head=false"))
+    assert r["classes"] == {"head": None, "source_head": list(load_domain("office_caltech10_surf", "webcam").classes)}
+    assert "oracle/target_acc" not in r["final"] and "metrics/source_val_acc" in r["final"]

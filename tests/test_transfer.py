@@ -13,8 +13,8 @@ from tladapt.discrepancy import mmd
 from tladapt.distance import mmd_distance, proxy_a_distance
 from tladapt.experiment import run_experiment
 from tladapt.tables import build_table, collect_results, render_table
-from tladapt.transfer import (REGIMES, candidate_layers, extract_features, labelled_per_class, load_model,
-                              recommend, run_feature_transfer)
+from tladapt.advice import labelled_per_class, recommend
+from tladapt.transfer import REGIMES, candidate_layers, extract_features, load_model, run_feature_transfer
 from tladapt.trainer import Trainer
 
 TWO = "model.hidden=[32, 16]"

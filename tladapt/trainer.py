@@ -162,7 +162,7 @@ class Trainer:
         # Which classes each head predicts; None: nothing trains it (an unlabelled source, no target labels).
         # (In a source-free run the source model's head predicts the target's classes.)
         trained = self.target_labelled is not None or (
-            splits.shared_head and (self.source is None or self.source.y is not None))
+            splits.shared_head and (self.source is None or (self.source.y is not None and m.shared_head)))
         self.classes: dict[str, tuple[str, ...] | None] = {"head": self.target.classes if trained else None}
         self.source_head = self.head
         if self.source is not None and self.source.y is not None and not (splits.shared_head and m.shared_head):

@@ -1,8 +1,8 @@
 """Inductive transfer: features of a trained model, linear classifiers on them, and the
-four fine-tuning regimes with the rule that picks one (``tladapt advise``).
+four fine-tuning regimes (which one to use: :mod:`tladapt.advice`, ``tladapt advise``).
 
 The regimes are those of the CS231n notes (https://cs231n.github.io/transfer-learning/),
-by the target's labelled size and its similarity to the source:
+with the situation their rule of thumb assigns each to:
 
 1. ``linear_top``   small & similar:    linear classifier on the frozen source network's top features;
 2. ``finetune_all`` large & similar:    fine-tune the whole network (small backbone learning rate);
@@ -43,12 +43,6 @@ REGIMES = {
     "linear_early": "3. small & different: linear classifier on an earlier layer's features",
     "from_source": "4. large & different: train on the target, initialised from the source model",
 }
-SMALL_BELOW = 10.0
-"""Labelled target samples per class below which the target is "small" (see docs/inductive-transfer.md)."""
-SIMILAR_BELOW = 1.0
-"""Proxy A-distance below which two domains are "similar" (see docs/inductive-transfer.md)."""
-
-
 # ---------------------------------------------------------------- layers and features
 def parametrised_layers(module: nn.Module, prefix: str = "") -> list[str]:
     """Paths of the leaf modules that own parameters, in definition order.
@@ -282,10 +276,12 @@ def run_feature_transfer(config: Config, model_dir: str | Path, layer: str = "ba
 
 # ---------------------------------------------------------------- distances and the advice
 def layer_distances(config: Config, task: str, layers: list[str], model_dir: str | Path | None = None,
-                    seed: int = 0) -> dict[str, dict[str, float]]:
+                    seed: int = 0, progress=None) -> dict[str, dict[str, float]]:
     """Proxy A-distance and MMD² between the whole source and target domains at each layer.
 
     No labels are used. Layers other than ``"input"`` need ``model_dir`` (a source run).
+
+    ``progress`` (optional) is called with no argument after each layer (e.g. a tqdm ``update``).
 
     Returns:
         ``{layer: {"pad": float in [0, 2], "mmd": float}}``.
@@ -304,80 +300,9 @@ def layer_distances(config: Config, task: str, layers: list[str], model_dir: str
         xs = source.inputs().flatten(1) if model is None else extract_features(model, source.inputs(), layer)
         xt = target.inputs().flatten(1) if model is None else extract_features(model, target.inputs(), layer)
         out[layer] = {"pad": proxy_a_distance(xs, xt, seed=seed), "mmd": mmd_distance(xs, xt, seed=seed)}
+        if progress:
+            progress()
     return out
-
-
-def labelled_per_class(config: Config, task: str) -> float:
-    """Mean labelled target samples per class that ``data.target_labels_per_class`` gives
-    (``min(k, n_c - 1)`` per class, as :func:`tladapt.trainer.split_target`); uses only class counts."""
-    k = config.data.target_labels_per_class
-    y = load_task(config.data, task)[1].y
-    counts = torch.bincount(y)
-    counts = counts[counts > 0]
-    return float(torch.clamp(counts - 1, max=k).float().mean())
-
-
-def recommend(labels_per_class: float, distance: float, small_below: float = SMALL_BELOW,
-              similar_below: float = SIMILAR_BELOW) -> tuple[str, str]:
-    """The CS231n rule: small/large x similar/different -> one of :data:`REGIMES`.
-
-    Args:
-        labels_per_class: labelled target samples per class (float, >= 0).
-        distance: proxy A-distance in [0, 2] between source and target at the decision layer.
-        small_below: "small" means ``labels_per_class < small_below``.
-        similar_below: "similar" means ``distance < similar_below``.
-
-    Returns:
-        ``(regime key, one-line reason with the numbers)``.
-    """
-    small = labels_per_class < small_below
-    similar = distance < similar_below
-    regime = {(True, True): "linear_top", (False, True): "finetune_all",
-              (True, False): "linear_early", (False, False): "from_source"}[(small, similar)]
-    reason = (f"{labels_per_class:.1f} labelled/class {'<' if small else '>='} {small_below:g} -> "
-              f"{'small' if small else 'large'}; PAD {distance:.2f} {'<' if similar else '>='} "
-              f"{similar_below:g} -> {'similar' if similar else 'different'}")
-    return regime, reason
-
-
-def advise_task(config: Config, task: str, model_dir: str | Path | None = None,
-                small_below: float = SMALL_BELOW, similar_below: float = SIMILAR_BELOW) -> dict:
-    """Measure one task and pick a regime.
-
-    The decision distance is the PAD at the top features (``"backbone"``) of the source
-    model when ``model_dir`` is given (the features regime 1 would use), else at the
-    raw input. The "earlier layer" for regime 3 is the hidden (neither input nor top)
-    candidate layer with the smallest PAD (earlier on ties); ``"input"`` when the model
-    has a single block or no model is given. The raw input is not a candidate: a linear
-    classifier on it transfers nothing from the source (and on inputs standardised per
-    domain its PAD is ~0 by construction, see :func:`tladapt.distance.proxy_a_distance`).
-
-    Also reported, not used by the rule: ``source_acc_labelled``, the source model's
-    accuracy on the labelled target samples (first seed's split), a label-aware
-    similarity; None without a model or labels.
-
-    Returns:
-        ``{"task", "labels_per_class", "distances": {layer: {pad, mmd}}, "decision_layer",
-        "early_layer", "regime", "reason", "source_acc_labelled"}``.
-    """
-    if model_dir is not None:
-        _, model = load_model(model_dir)
-        layers = candidate_layers(model["backbone"])
-    else:
-        layers = ["input"]
-    distances = layer_distances(config, task, layers, model_dir)
-    decision = "backbone" if model_dir is not None else "input"
-    hidden = layers[1:-1] or ["input"]
-    early = min(hidden, key=lambda layer: (distances[layer]["pad"], layers.index(layer)))
-    per_class = labelled_per_class(config, task)
-    regime, reason = recommend(per_class, distances[decision]["pad"], small_below, similar_below)
-    labelled_acc = None
-    if model_dir is not None and config.data.target_labels_per_class > 0:
-        splits = task_splits(config, task, config.experiment.seeds[0])
-        if splits.shared_head:  # the source head predicts the target's classes
-            labelled_acc = source_accuracy(model, splits.target_labelled)
-    return {"task": task, "labels_per_class": per_class, "distances": distances, "decision_layer": decision,
-            "early_layer": early, "regime": regime, "reason": reason, "source_acc_labelled": labelled_acc}
 
 
 def pretrain_source(config: Config, steps: int | None = None) -> dict[str, str]:
@@ -393,18 +318,45 @@ def pretrain_source(config: Config, steps: int | None = None) -> dict[str, str]:
     return {r["task"]: r["run_dir"] for r in run_experiment(cfg)}
 
 
+FINETUNE_REGIMES = {"finetune_all": {"init": "source"}, "from_source": {"init": "source", "reinit_head": True}}
+"""The ``[plugins.finetune]`` table of each fine-tuning regime."""
+
+
+def regime_config(config: Config, regime: str, model_dir: str | Path, steps: int = 300,
+                  backbone_lr_mult: float = 0.1) -> Config:
+    """The config of a fine-tuning regime's run, derived from a task's config.
+
+    ``finetune_all``: the ``finetune`` plugin, ``init = "source"`` (the source head is kept
+    when it predicts the target's classes, else new), ``trainer.lr_mult = {backbone =
+    backbone_lr_mult}``. ``from_source``: ``init = "source"``, ``reinit_head``, full learning
+    rates. Both: source-free (``data.source_free``: the labelled target only, no source batch),
+    ``steps`` steps with one evaluation at the end, no checkpoint, unlabelled batches drawn
+    with replacement (a large k can leave fewer unlabelled target samples than a batch),
+    method ``<regime>-k<k>`` (so ``tladapt table`` keeps the k values apart).
+
+    Raises:
+        ConfigError: for a regime that is not a fine-tuning one.
+    """
+    if regime not in FINETUNE_REGIMES:
+        raise ConfigError(f"{regime!r} is not a fine-tuning regime: expected one of {', '.join(FINETUNE_REGIMES)}")
+    lr_mult = {"backbone": backbone_lr_mult} if regime == "finetune_all" else {}
+    return dataclasses.replace(
+        config, plugins={"finetune": dict(FINETUNE_REGIMES[regime])},
+        experiment=dataclasses.replace(config.experiment, method=f"{regime}-k{config.data.target_labels_per_class}"),
+        data=dataclasses.replace(config.data, source_free=True),
+        model=dataclasses.replace(config.model, init_from=str(model_dir)),
+        trainer=dataclasses.replace(config.trainer, steps=steps, eval_every=steps, lr_mult=lr_mult, source_weight=0.0,
+                                    checkpoint=False, progress=False, replacement=True))
+
+
 def run_regimes(config: Config, task: str, model_dir: str | Path, early_layer: str, steps: int = 300,
                 backbone_lr_mult: float = 0.1) -> dict[str, list[float]]:
     """Run the four regimes for one task over ``config.experiment.seeds``; return regime -> accuracies (%).
 
     ``linear_top``/``linear_early``: :func:`run_feature_transfer` on the labelled target at
-    ``"backbone"``/``early_layer``. ``finetune_all``: the ``finetune`` plugin,
-    ``init="source"``, target loss only, ``trainer.lr_mult = {backbone = backbone_lr_mult}``.
-    ``from_source``: ``init="source"``, ``reinit_head``, target loss only, full learning rates.
-    Runs are labelled ``<regime>-k<k>`` (so ``tladapt table`` keeps the k values apart).
-    Fine-tuning runs take ``steps`` steps with one evaluation at the end and sample the
-    (unused) unlabelled batches with replacement, since a large k can leave fewer
-    unlabelled target samples than a batch.
+    ``"backbone"``/``early_layer``; ``finetune_all``/``from_source``: :func:`regime_config`
+    runs. Every regime of a seed trains on the same labelled samples and is tested on the
+    same rest.
 
     Raises:
         ConfigError: if ``data.target_labels_per_class`` is 0 (nothing to train on).
@@ -414,20 +366,13 @@ def run_regimes(config: Config, task: str, model_dir: str | Path, early_layer: s
     if config.data.target_labels_per_class == 0:
         raise ConfigError("the regimes train on labelled target samples: set data.target_labels_per_class > 0")
     config = dataclasses.replace(config, data=dataclasses.replace(config.data, tasks=[task]))
-    label = lambda regime: f"{regime}-k{config.data.target_labels_per_class}"  # noqa: E731
+    k = config.data.target_labels_per_class
     accs = {}
     for regime, layer in (("linear_top", "backbone"), ("linear_early", early_layer)):
         accs[regime] = [r["final"]["oracle/target_acc"]
-                        for r in run_feature_transfer(config, model_dir, layer, method=label(regime))]
-    for regime, lr_mult, table in (
-            ("finetune_all", {"backbone": backbone_lr_mult}, {"init": "source"}),
-            ("from_source", {}, {"init": "source", "reinit_head": True})):
-        cfg = dataclasses.replace(
-            config, plugins={"finetune": table},
-            experiment=dataclasses.replace(config.experiment, method=label(regime)),
-            model=dataclasses.replace(config.model, init_from=str(model_dir)),
-            trainer=dataclasses.replace(config.trainer, steps=steps, eval_every=steps, lr_mult=lr_mult, source_weight=0.0,
-                                        checkpoint=False, progress=False, replacement=True))
+                        for r in run_feature_transfer(config, model_dir, layer, method=f"{regime}-k{k}")]
+    for regime in FINETUNE_REGIMES:
+        cfg = regime_config(config, regime, model_dir, steps, backbone_lr_mult)
         accs[regime] = [r["final"]["oracle/target_acc"] for r in run_experiment(cfg)]
     return {r: accs[r] for r in REGIMES}
 

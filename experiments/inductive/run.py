@@ -7,7 +7,7 @@ Usage (from the repository root; ~3 minutes on one CPU thread):
 1. Pre-trains one source-only model per task (experiments/inductive/base.toml, seed 0,
    1500 steps, no target labels) -- the equivalent of
    `tladapt run experiments/inductive/base.toml`.
-2. For every task and k in K: `advise_task` (the numbers and the rule), then the four
+2. For every task and k in K: `tladapt.advice.classic_rule` (the numbers and the CS231n rule), then the four
    regimes over the seeds (`run_regimes`, the same code as `tladapt advise --verify`),
    plus the source model applied as is to the same unlabelled rest (no target labels).
 3. Writes experiments/inductive/results.json and the table of experiments/inductive.md
@@ -27,7 +27,8 @@ from tabulate import tabulate
 
 from tladapt.config import load_config, parse_seeds
 from tladapt.experiment import run_experiment
-from tladapt.transfer import (REGIMES, advise_task, load_model, run_feature_transfer, run_regimes, task_splits,
+from tladapt.advice import classic_rule
+from tladapt.transfer import (REGIMES, load_model, run_feature_transfer, run_regimes, task_splits,
                               source_accuracy)
 
 HERE = Path(__file__).resolve().parent
@@ -109,7 +110,7 @@ def run(seeds: list[int], steps: int, runs_dir: str) -> list[dict]:
         for k in K:
             config = load_config(base, [f"experiment.runs_dir='{runs_dir}'", f"data.tasks=['{task}']",
                                         f"data.target_labels_per_class={k}", f"experiment.seeds={seeds}"])
-            advice = advise_task(config, task, model_dir)
+            advice = classic_rule(config, task, model_dir)
             accs = run_regimes(config, task, model_dir, advice["early_layer"], steps)
             as_is, on_labelled = source_as_is(config, task, model_dir, seeds)
             both = [r["final"]["oracle/target_acc"] for r in

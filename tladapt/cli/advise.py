@@ -1,4 +1,5 @@
-"""``tladapt advise``: recommend one of the four fine-tuning regimes per task (``--verify`` runs them)."""
+"""``tladapt advise``: which of the four transfer regimes to use per task, cross-validated on the
+labelled target samples (``--verify`` runs all four on the test rest)."""
 
 from __future__ import annotations
 
@@ -13,48 +14,72 @@ from tladapt.cli.output import significant
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Register ``tladapt advise``."""
-    advise = sub.add_parser("advise", help="recommend one of the four fine-tuning regimes (CS231n) per task")
+    advise = sub.add_parser("advise", help="advise one of the four transfer regimes per task, cross-validated on "
+                                           "the labelled target samples")
     advise.add_argument("config", metavar="CONFIG")
-    advise.add_argument("--init-from", metavar="RUN_DIR", help="a source-trained run (its layers are measured)")
-    advise.add_argument("--verify", action="store_true", help="also run all four regimes and tabulate them")
-    advise.add_argument("--steps", type=int, default=300, help="fine-tuning steps per --verify run (default 300)")
-    advise.add_argument("--seeds", help="seeds of the --verify runs: '0', '0-2' or '0,3,5'")
-    advise.add_argument("--small-below", type=float,
-                        help="'small' target: fewer labelled samples per class than this (default 10)")
-    advise.add_argument("--similar-below", type=float,
-                        help="'similar' domains: proxy A-distance below this (default 1.0)")
+    advise.add_argument("--init-from", metavar="RUN_DIR",
+                        help="the source model (a run directory; default: train a source-only model per task first)")
+    advise.add_argument("--verify", action="store_true",
+                        help="also run all four regimes on the test rest (oracle) and tabulate them")
+    advise.add_argument("--steps", type=int, default=300, help="fine-tuning steps per run (default 300)")
+    advise.add_argument("--folds", type=int, default=3, help="cross-validation splits of the labelled samples (default 3)")
+    advise.add_argument("--margin", type=float, default=1.0,
+                        help="points a regime must beat finetune_all by in cross-validation (default 1)")
+    advise.add_argument("--seeds", help="seeds: the first draws the labelled samples advised on; --verify runs all")
+    advise.add_argument("--small-below", type=float, default=10.0,
+                        help="classic rule, for reference: 'small' below this many labelled samples per class")
+    advise.add_argument("--similar-below", type=float, default=1.0,
+                        help="classic rule, for reference: 'similar' below this proxy A-distance")
     add_set_arg(advise)
     advise.set_defaults(func=main)
 
 
+def _print_advice(a, config) -> None:
+    from tladapt.transfer import REGIMES
+
+    print(f"## {a.task}")
+    print(f"labelled target samples per class: {a.labels_per_class:.1f} "
+          f"(data.target_labels_per_class = {a.k}; split of seed {config.experiment.seeds[0]})")
+    if a.source_acc_labelled is not None:
+        print(f"source model accuracy on the labelled samples: {a.source_acc_labelled:.1f}% (chance {a.chance:.1f}%)")
+    if a.cv:
+        rows = [[REGIMES[r], f"{sum(v) / len(v):.1f}", " ".join(f"{x:.1f}" for x in v)] for r, v in a.cv.items()]
+        print(tabulate(rows, headers=["regime", "cross-validated acc (%)", "per fold"], tablefmt="github"))
+    print(f"\nadvice: {REGIMES[a.regime]}\n  because {a.reason}")
+    print(tabulate([[layer, significant(d["pad"]), significant(d["mmd"])] for layer, d in a.distances.items()],
+                   headers=["layer", "proxy A-distance", "MMD^2"], tablefmt="github", disable_numparse=True))
+    print(f"classic rule (CS231n, for reference; it held in 3 of 20 cells of experiments/inductive.md): "
+          f"{REGIMES[a.classic]}\n  because {a.classic_reason}\n")
+
+
 def main(args) -> int:
     """Run ``tladapt advise``; returns the exit status."""
+    from tqdm import tqdm
+
+    from tladapt.advice import advise_task, require_labels
     from tladapt.config import load_config
-    from tladapt.transfer import REGIMES, advise_task, pretrain_source, regimes_table, run_regimes
+    from tladapt.transfer import pretrain_source, regimes_table, run_regimes
 
     config = load_config(args.config, args.set, args.seeds)
-    sources = {task: args.init_from for task in config.data.tasks}
-    if args.verify and not args.init_from:
-        print("--verify without --init-from: pre-training a source-only model per task first", file=sys.stderr)
+    require_labels(config)  # before any source model is trained
+    where = f"{config.experiment.runs_dir}/{config.experiment.name}"
+    if args.init_from:
+        sources = {task: args.init_from for task in config.data.tasks}
+    else:
+        print(f"no --init-from: training a source-only model per task first, under {where}/<task>/source_pretrain/",
+              file=sys.stderr)
         sources = pretrain_source(config)
+    if args.verify:
+        print(f"--verify: the regime runs are written under {where}/<task>/<regime>-k{config.data.target_labels_per_class}/",
+              file=sys.stderr)
     for task in config.data.tasks:
-        thresholds = {k: v for k, v in (("small_below", args.small_below), ("similar_below", args.similar_below))
-                      if v is not None}  # unset: the defaults of tladapt.transfer
-        a = advise_task(config, task, sources[task], **thresholds)
-        print(f"## {task}")
-        print(tabulate([[layer, significant(d["pad"]), significant(d["mmd"])] for layer, d in a["distances"].items()],
-                       headers=["layer", "proxy A-distance", "MMD^2"], tablefmt="github", disable_numparse=True))
-        print(f"\nlabelled target samples per class: {a['labels_per_class']:.1f} "
-              f"(data.target_labels_per_class = {config.data.target_labels_per_class})")
-        print(f"decision layer: {a['decision_layer']}; earlier layer for regime 3: {a['early_layer']}")
-        if a["decision_layer"] == "input":
-            print("note: measured at the raw input only; pass --init-from SOURCE_RUN to measure a source model's "
-                  "layers (on inputs standardised per domain, such as the bundled SURF, the input PAD is ~0)")
-        if a["source_acc_labelled"] is not None:
-            print(f"(not used by the rule) source model accuracy on the labelled target samples: "
-                  f"{a['source_acc_labelled']:.1f}%")
-        print(f"advice: {REGIMES[a['regime']]}\n  because {a['reason']}\n")
+        fits = 4 * args.folds if config.data.target_labels_per_class > 1 else 0
+        with tqdm(total=fits, desc=f"advise {task}", unit="fit", disable=None, leave=False) as bar:
+            a = advise_task(config, task, sources[task], steps=args.steps, folds=args.folds, margin=args.margin,
+                            small_below=args.small_below, similar_below=args.similar_below, progress=bar.update)
+        _print_advice(a, config)
         if args.verify:
-            accs = run_regimes(config, task, sources[task], a["early_layer"], args.steps)
-            print(regimes_table(accs, a["regime"]) + "\n")
+            accs = run_regimes(config, task, sources[task], a.early_layer, args.steps)
+            print("--verify (accuracy on the target's test rest: ORACLE)")
+            print(regimes_table(accs, a.regime) + "\n")
     return 0

@@ -24,6 +24,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def main(args) -> int:
     """Run ``tladapt distance``; returns the exit status."""
+    from tqdm import tqdm
+
     from tladapt.config import load_config
     from tladapt.transfer import candidate_layers, layer_distances, load_model
 
@@ -35,9 +37,11 @@ def main(args) -> int:
     else:
         layers = ["input"]
     rows = []
-    for task in config.data.tasks:
-        for layer, d in layer_distances(config, task, layers, args.init_from).items():
-            rows.append([task, layer, significant(d["pad"]), significant(d["mmd"])])
+    with tqdm(total=len(config.data.tasks) * len(layers), desc="distances", unit="layer", disable=None,
+              leave=False) as bar:  # a bar on a terminal only
+        for task in config.data.tasks:
+            for layer, d in layer_distances(config, task, layers, args.init_from, progress=bar.update).items():
+                rows.append([task, layer, significant(d["pad"]), significant(d["mmd"])])
     print(tabulate(rows, headers=["task", "layer", "proxy A-distance", "MMD^2"], tablefmt="github",
                    disable_numparse=True))
     if any(row[2] == "0" for row in rows):

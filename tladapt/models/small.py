@@ -12,12 +12,14 @@ from torch import nn
 
 
 class MLP(nn.Sequential):
-    """Fully connected feature extractor for vector inputs (SURF, bag-of-words).
+    """Fully connected feature extractor for vector inputs (SURF, bag-of-words); images are
+    flattened (a pixel MLP, a cheap baseline for small digits and COIL images).
 
     ``Linear -> ReLU -> Dropout`` per hidden size; features are the last hidden layer.
 
     Args:
-        in_features: input dimension d; inputs are ``(b, d)`` float32.
+        in_features: input dimension d; inputs are ``(b, d)`` float32 (or any ``(b, ...)`` with
+            ``d`` entries per sample).
         hidden: hidden sizes, at least one; ``out_features = hidden[-1]``.
         dropout: dropout probability after each hidden layer.
 
@@ -34,6 +36,10 @@ class MLP(nn.Sequential):
             in_features = size
         super().__init__(*layers)
         self.out_features = in_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(b, d)`` float32, or images ``(b, c, h, w)`` flattened to ``d = c h w``, -> ``(b, out_features)``."""
+        return super().forward(x.flatten(1))
 
 
 class LeNet(nn.Module):

@@ -1,0 +1,162 @@
+"""Does `tladapt advise` pick the winning regime? Designed on Office+Caltech10 SURF, measured on
+cells it was not designed on (digits, COIL, Amazon reviews; k = 1, 3, 10, all - 1).
+
+Usage (from the repository root; about an hour on one busy CPU thread):
+
+    nice -n 10 .venv/bin/python experiments/advise/run.py --cells design      # the SURF design cells
+    nice -n 10 .venv/bin/python experiments/advise/run.py --cells heldout     # the held-out cells
+    .venv/bin/python experiments/advise/run.py --table-only                   # re-tabulate experiments/advise.md
+
+For every task: one source-only model (experiments/advise/base.toml, seed 0). For every
+(task, k) cell and seed s: the four regimes trained on seed s's labelled samples and tested
+on its rest (`tladapt.transfer.run_regimes`, what `tladapt advise --verify` runs; the oracle
+truth), and `tladapt.advice.advise_task` on the same labelled samples (what `tladapt advise`
+prints; it reads nothing else). The advised strategy's accuracy in a cell is the mean over
+seeds of the accuracy of the regime advised for that seed. Results go to
+experiments/advise/results.json and the table of experiments/advise.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+from tabulate import tabulate
+
+from tladapt.advice import advise_task
+from tladapt.config import load_config, parse_seeds
+from tladapt.experiment import run_experiment
+from tladapt.transfer import REGIMES, run_regimes
+
+HERE = Path(__file__).resolve().parent
+K = [1, 3, 10, 1000]  # 1000: every labelled sample but one per class ("all - 1")
+SHORT = {"linear_top": "1", "finetune_all": "2", "linear_early": "3", "from_source": "4"}
+DIGITS_LOW, DIGITS_HIGH = list(range(5)), list(range(5, 10))
+COIL_LOW, COIL_HIGH = [f"obj{i}" for i in range(1, 11)], [f"obj{i}" for i in range(11, 21)]
+
+# (cell set, dataset, task, source classes, target classes)
+TASKS = [
+    ("design", "office_caltech10_surf", "webcam->dslr", [], []),
+    ("design", "office_caltech10_surf", "amazon->dslr", [], []),
+    ("design", "office_caltech10_surf", "dslr->webcam", [], []),
+    ("design", "office_caltech10_surf", "amazon->webcam", [], []),
+    ("heldout", "mnist_usps_jda", "usps->mnist", [], []),
+    ("heldout", "mnist_usps_jda", "mnist->usps", [], []),
+    ("heldout", "mnist_usps_jda", "mnist->usps", DIGITS_LOW, DIGITS_HIGH),
+    ("heldout", "coil20_jda", "coil1->coil2", [], []),
+    ("heldout", "coil20_jda", "coil1->coil2", COIL_LOW, COIL_HIGH),
+    ("heldout", "amazon_review_400", "books->kitchen", [], []),
+    ("heldout", "amazon_review_400", "electronics->dvd", [], []),
+]
+
+
+def task_label(task: str, source_classes: list, target_classes: list) -> str:
+    if not target_classes:
+        return task
+    s, t = task.split("->")
+    name = lambda c: f"{c[0]}-{c[-1]}"  # noqa: E731
+    return f"{s} {name(source_classes)} -> {t} {name(target_classes)}"
+
+
+# l2-normalised pixels (~0.03-0.06): SGD at 0.01 is too slow (experiments/digits_jda/base.toml), 0.05 as there
+LR = {"mnist_usps_jda": 0.05, "coil20_jda": 0.05}
+
+
+def overrides(dataset, task, source_classes, target_classes, runs_dir, same_task=False):
+    """--set style overrides of one cell; ``same_task``: the source run's target keeps the source classes."""
+    return [f"data.dataset='{dataset}'", f"data.tasks=['{task}']", f"experiment.runs_dir='{runs_dir}'",
+            f"data.source_classes={json.dumps(source_classes)}",
+            f"data.target_classes={json.dumps(source_classes if same_task else target_classes)}",
+            f"trainer.lr={LR.get(dataset, 0.01)}"]
+
+
+def run(cells: str, seeds: list[int], steps: int, runs_dir: str, existing: list[dict]) -> list[dict]:
+    raw = [r for r in existing if r["set"] != cells]
+    for cell_set, dataset, task, src_cls, tgt_cls in TASKS:
+        if cell_set != cells:
+            continue
+        pre = run_experiment(load_config(HERE / "base.toml", overrides(dataset, task, src_cls, tgt_cls, runs_dir, True)))
+        model_dir = pre[0]["run_dir"]
+        for k in K:
+            config = load_config(HERE / "base.toml", overrides(dataset, task, src_cls, tgt_cls, runs_dir)
+                                 + [f"data.target_labels_per_class={k}", f"experiment.seeds={seeds}"])
+            advice = [advise_task(config, task, model_dir, seed=s, steps=steps) for s in seeds]
+            accs = run_regimes(config, task, model_dir, advice[0].early_layer, steps)
+            raw.append({"set": cell_set, "dataset": dataset, "task": task_label(task, src_cls, tgt_cls), "k": k,
+                        "seeds": seeds, "steps": steps, "source_run": model_dir, "accs": accs,
+                        "advised": [a.regime for a in advice], "basis": [a.basis for a in advice],
+                        "cv": [a.cv for a in advice], "source_acc_labelled": [a.source_acc_labelled for a in advice],
+                        "labels_per_class": advice[0].labels_per_class, "classic": advice[0].classic})
+            print(table([raw[-1]])[0].splitlines()[-1], file=sys.stderr, flush=True)
+    return raw
+
+
+def score(rec: dict) -> dict:
+    """Winner, advised strategy accuracy, finetune_all's, the classic rule's, per cell."""
+    accs = rec["accs"]
+    means = {r: statistics.fmean(v) for r, v in accs.items()}
+    winner = max(means, key=lambda r: (round(means[r], 2), r == "finetune_all"))
+    advised = statistics.fmean(accs[r][i] for i, r in enumerate(rec["advised"]))
+    return {"means": means, "winner": winner, "advised": advised, "gap": means[winner] - advised,
+            "vs_finetune": advised - means["finetune_all"], "classic_gap": means[winner] - means[rec["classic"]]}
+
+
+def table(raw: list[dict]) -> tuple[str, list[str]]:
+    rows, summary = [], []
+    for rec in raw:
+        s = score(rec)
+        rows.append([rec["set"], rec["dataset"], rec["task"], "all-1" if rec["k"] == 1000 else rec["k"],
+                     *(f"{s['means'][r]:.1f}" for r in REGIMES), SHORT[s["winner"]],
+                     ",".join(SHORT[r] for r in rec["advised"]), f"{s['advised']:.1f}", f"{s['gap']:+.1f}",
+                     f"{s['vs_finetune']:+.1f}", "yes" if s["gap"] <= 1.0 else "no",
+                     SHORT[rec["classic"]], "yes" if s["classic_gap"] <= 1.0 else "no"])
+    for cell_set in ("design", "heldout"):
+        recs = [score(r) for r in raw if r["set"] == cell_set]
+        if recs:
+            held = sum(s["gap"] <= 1.0 for s in recs)
+            worse = sum(s["vs_finetune"] < 0 for s in recs)
+            worse1 = sum(s["vs_finetune"] < -1.0 for s in recs)
+            classic = sum(s["classic_gap"] <= 1.0 for s in recs)
+            summary.append(f"{cell_set}: advice at the winner or within 1 point in {held} of {len(recs)} cells "
+                           f"({100 * held / len(recs):.0f} %); below finetune_all in {worse} cells ({worse1} by more "
+                           f"than 1 point); the classic rule within 1 point in {classic} of {len(recs)}")
+    headers = ["set", "dataset", "task", "k", *(f"{SHORT[r]} {r}" for r in REGIMES), "winner",
+               "advised per seed", "advised acc", "winner - advised", "advised - finetune_all", "within 1",
+               "classic", "classic within 1"]
+    return tabulate(rows, headers=headers, tablefmt="github"), summary
+
+
+def main() -> int:
+    torch.set_num_threads(1)
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--cells", choices=("design", "heldout"))
+    ap.add_argument("--seeds", default="0-2")
+    ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--runs-dir", default="runs/advise")
+    ap.add_argument("--table-only", action="store_true")
+    args = ap.parse_args()
+    results = HERE / "results.json"
+    raw = json.loads(results.read_text()) if results.exists() else []
+    if not args.table_only:
+        if not args.cells:
+            ap.error("--cells design|heldout (or --table-only)")
+        raw = run(args.cells, parse_seeds(args.seeds), args.steps, args.runs_dir, raw)
+        results.write_text(json.dumps(raw, indent=1))
+    text, summary = table(raw)
+    md = HERE.parent / "advise.md"
+    old = md.read_text() if md.exists() else "<!-- RESULTS -->\n<!-- /RESULTS -->\n"
+    head, _, rest = old.partition("<!-- RESULTS -->")
+    _, _, tail = rest.partition("<!-- /RESULTS -->")
+    md.write_text(f"{head}<!-- RESULTS -->\n{text}\n\n" + "\n".join(f"- {line}" for line in summary)
+                  + f"\n<!-- /RESULTS -->{tail}")
+    print(text)
+    print("\n".join(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

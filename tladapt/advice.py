@@ -1,0 +1,303 @@
+"""``tladapt advise``: which transfer regime to use, measured on the user's own labelled
+target samples rather than read off a rule of thumb.
+
+The CS231n rule (small/large target x similar/different domains, :func:`recommend`) picked
+the winning regime in 3 of 20 cells of ``experiments/inductive.md``: the unlabelled domain
+distances it needs do not measure the similarity that matters, and in domain adaptation the
+source head is a strong prior the rule ignores. The advice here is computed instead
+(:func:`advise_task`):
+
+* **k >= 2 labelled samples per class**: cross-validate the four regimes on the labelled
+  samples alone (:func:`cross_validate_regimes`). Each of ``folds`` seeded stratified splits
+  trains every regime on about two thirds of them (``k_train`` per class, the trainer's own
+  k-shot split rule, :func:`tladapt.data.tasks.split_target`) and scores it on the rest; the
+  fine-tuning regimes run the real trainer for ``steps`` steps from the shared source model,
+  the linear ones fit on its frozen features. The advice is the best mean, except that
+  ``finetune_all`` is kept unless another regime beats it by ``margin`` points: it is the
+  default a wrong call should fall back to.
+* **k = 1**: one sample per class cannot be split. The signal ``experiments/inductive.md``
+  found informative is the source model's accuracy on the labelled samples: when the
+  source head predicts the target's classes and does better than chance on them, keep it and
+  fine-tune gently (``finetune_all``); at or below chance, its head carries nothing, so
+  start a new head at the full learning rate (``from_source``). A target task of other
+  classes has no source head to measure; ``finetune_all`` (a new head, a gentle backbone).
+* **k = 0**: no advice. Which regime wins depends on how the target's labels relate to the
+  features; a distance between unlabelled domains does not say (``experiments/inductive.md``).
+
+The classic rule's pick is computed beside it for reference.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import statistics
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from tladapt.config import Config, ConfigError
+from tladapt.data.domain import Domain
+from tladapt.data.tasks import load_task, split_target
+from tladapt.transfer import (FINETUNE_REGIMES, REGIMES, candidate_layers, extract_features, fit_linear,
+                              layer_distances, load_model, regime_config, source_accuracy, task_splits)
+
+SMALL_BELOW = 10.0
+"""Classic rule: labelled target samples per class below which the target is "small"."""
+SIMILAR_BELOW = 1.0
+"""Classic rule: proxy A-distance below which two domains are "similar"."""
+FOLDS = 3
+"""Cross-validation splits of the labelled samples (k >= 2)."""
+MARGIN = 1.0
+"""Points by which a regime must beat ``finetune_all`` in cross-validation to be advised."""
+
+
+# ---------------------------------------------------------------- the classic rule (for reference)
+def labelled_per_class(config: Config, task: str) -> float:
+    """Mean labelled target samples per class that ``data.target_labels_per_class`` gives
+    (``min(k, n_c - 1)`` per class, as :func:`tladapt.data.tasks.split_target`); uses only class counts."""
+    k = config.data.target_labels_per_class
+    counts = torch.bincount(load_task(config.data, task)[1].y)
+    counts = counts[counts > 0]
+    return float(torch.clamp(counts - 1, max=k).float().mean())
+
+
+def recommend(labels_per_class: float, distance: float, small_below: float = SMALL_BELOW,
+              similar_below: float = SIMILAR_BELOW) -> tuple[str, str]:
+    """The CS231n rule: small/large x similar/different -> one of :data:`tladapt.transfer.REGIMES`.
+
+    Args:
+        labels_per_class: labelled target samples per class (float, >= 0).
+        distance: proxy A-distance in [0, 2] between source and target at the decision layer.
+        small_below: "small" means ``labels_per_class < small_below``.
+        similar_below: "similar" means ``distance < similar_below``.
+
+    Returns:
+        ``(regime key, one-line reason with the numbers)``.
+    """
+    small = labels_per_class < small_below
+    similar = distance < similar_below
+    regime = {(True, True): "linear_top", (False, True): "finetune_all",
+              (True, False): "linear_early", (False, False): "from_source"}[(small, similar)]
+    reason = (f"{labels_per_class:.1f} labelled/class {'<' if small else '>='} {small_below:g} -> "
+              f"{'small' if small else 'large'}; PAD {distance:.2f} {'<' if similar else '>='} "
+              f"{similar_below:g} -> {'similar' if similar else 'different'}")
+    return regime, reason
+
+
+def classic_rule(config: Config, task: str, model_dir: str | Path, small_below: float = SMALL_BELOW,
+                 similar_below: float = SIMILAR_BELOW) -> dict:
+    """Measure one task without labels and apply the CS231n rule (the advice of issue 6, kept
+    for reference and for ``experiments/inductive/run.py``).
+
+    The decision distance is the PAD at the source model's top features (``"backbone"``,
+    the features regime 1 would use). The "earlier layer" for regime 3 is the hidden
+    (neither input nor top) candidate layer with the smallest PAD (earlier on ties);
+    ``"input"`` when the model has a single block. The raw input is not a candidate: a
+    linear classifier on it transfers nothing from the source (and on inputs standardised
+    per domain its PAD is ~0 by construction, see :func:`tladapt.distance.proxy_a_distance`),
+    so it is not measured (``tladapt distance`` does).
+
+    Returns:
+        ``{"task", "labels_per_class", "distances": {layer: {pad, mmd}}, "decision_layer",
+        "early_layer", "regime", "reason"}``.
+    """
+    _, model = load_model(model_dir)
+    layers = candidate_layers(model["backbone"])
+    hidden = layers[1:-1] or ["input"]
+    distances = layer_distances(config, task, hidden + ["backbone"], model_dir)
+    early = min(hidden, key=lambda layer: (distances[layer]["pad"], layers.index(layer)))
+    per_class = labelled_per_class(config, task)
+    regime, reason = recommend(per_class, distances["backbone"]["pad"], small_below, similar_below)
+    return {"task": task, "labels_per_class": per_class, "distances": distances, "decision_layer": "backbone",
+            "early_layer": early, "regime": regime, "reason": reason}
+
+
+# ---------------------------------------------------------------- cross-validation on the labelled samples
+def train_per_class(labelled: Domain) -> int:
+    """Training samples per class of a cross-validation split: two thirds of the largest
+    class's labelled samples, at least 1 (``split_target`` then keeps at least one per class
+    for scoring): 1 of 2, 2 of 3, 6 of 10."""
+    return max(1, math.floor(2 * int(torch.bincount(labelled.y).max()) / 3))
+
+
+def _finetune_score(config: Config, regime: str, model_dir: str | Path, labelled: Domain, k_train: int,
+                    seed: int, source_name: str, steps: int, run_root: Path) -> float:
+    """Accuracy (%) on the held-out part of ``labelled`` of one fine-tuning regime trained on
+    ``split_target(labelled, k_train, seed)``'s labelled part (the trainer's own split)."""
+    from tladapt.experiment import prepare
+    from tladapt.manager import make_plugin_manager
+    from tladapt.runs import new_run_dir
+    from tladapt.trainer import Trainer
+
+    cfg = regime_config(config, regime, model_dir, steps)
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, target_labels_per_class=k_train),
+                              experiment=dataclasses.replace(cfg.experiment, runs_dir=str(run_root)))
+    cfg, active = prepare(cfg)
+    run_dir = new_run_dir(run_root, "advise_cv", labelled.name, regime, seed)
+    trainer = Trainer(cfg, None, labelled, make_plugin_manager(active), run_dir, seed, source_name=source_name)
+    return trainer.fit()["final"]["oracle/target_acc"]
+
+
+def cross_validate_regimes(config: Config, model_dir: str | Path, labelled: Domain, early_layer: str,
+                           source_name: str, folds: int = FOLDS, steps: int = 300, seed: int = 0,
+                           progress=None) -> dict[str, list[float]]:
+    """Each regime's accuracy (%) on held-out labelled samples, one value per fold.
+
+    Fold ``f`` is ``split_target(labelled, train_per_class(labelled), 1000 * seed + f + 1)``:
+    the regimes train on its labelled part and are scored on its rest. ``linear_top`` /
+    ``linear_early``: :func:`tladapt.transfer.fit_linear` on the source model's
+    ``backbone`` / ``early_layer`` features; ``finetune_all`` / ``from_source``: a trainer run
+    of :func:`tladapt.transfer.regime_config` (``steps`` steps) from ``model_dir``, in a
+    temporary directory that is removed afterwards. Nothing but ``labelled`` is read.
+
+    Args:
+        config: the task's config (trainer settings of the fine-tuning runs).
+        model_dir: the source model's run directory.
+        labelled: the user's labelled target samples (labels in the run's label space).
+        early_layer: the layer of ``linear_early``.
+        source_name: the source domain's name (for the runs' records).
+        folds: number of splits.
+        steps: fine-tuning steps per run.
+        seed: seeds the splits.
+        progress: called with no argument after each regime fit (e.g. a tqdm ``update``).
+
+    Raises:
+        ConfigError: if some split leaves fewer than two classes to train a linear classifier.
+    """
+    _, model = load_model(model_dir, labelled.input_shape)
+    k_train = train_per_class(labelled)
+    scores: dict[str, list[float]] = {r: [] for r in REGIMES}
+    with tempfile.TemporaryDirectory(prefix="tladapt-advise-") as tmp:
+        for f in range(folds):
+            fold_seed = 1000 * seed + f + 1
+            train, held = split_target(labelled, k_train, fold_seed)
+            for regime, layer in (("linear_top", "backbone"), ("linear_early", early_layer)):
+                x = extract_features(model, train.inputs(), layer).numpy()
+                clf = fit_linear(x, train.y.numpy(), seed=fold_seed)
+                pred = clf.predict(extract_features(model, held.inputs(), layer).numpy())
+                scores[regime].append(100.0 * float((pred == held.y.numpy()).mean()))
+                if progress:
+                    progress()
+            for regime in FINETUNE_REGIMES:
+                scores[regime].append(_finetune_score(config, regime, model_dir, labelled, k_train, fold_seed,
+                                                      source_name, steps, Path(tmp)))
+                if progress:
+                    progress()
+    return scores
+
+
+def choose_regime(scores: dict[str, list[float]], margin: float = MARGIN) -> tuple[str, str]:
+    """The advised regime from cross-validation scores: the best mean, unless it beats
+    ``finetune_all`` by less than ``margin`` points (then ``finetune_all``).
+
+    Returns:
+        ``(regime, one-line reason with the numbers)``.
+    """
+    means = {r: statistics.fmean(v) for r, v in scores.items()}
+    best = max(means, key=lambda r: (means[r], r == "finetune_all"))
+    if best != "finetune_all" and means[best] - means["finetune_all"] < margin:
+        return "finetune_all", (f"cross-validation: {best} {means[best]:.1f}% does not beat finetune_all "
+                                f"{means['finetune_all']:.1f}% by {margin:g} points")
+    return best, f"cross-validation: best mean accuracy on held-out labelled samples ({means[best]:.1f}%)"
+
+
+# ---------------------------------------------------------------- the advice
+def require_labels(config: Config) -> None:
+    """Refuse to advise without labelled target samples.
+
+    Raises:
+        ConfigError: when ``data.target_labels_per_class`` is 0.
+    """
+    if config.data.target_labels_per_class == 0:
+        raise ConfigError("tladapt advise needs labelled target samples: set data.target_labels_per_class >= 1 "
+                          "(e.g. --set data.target_labels_per_class=3). Which regime wins depends on the target's "
+                          "labels; a distance between unlabelled domains does not tell (experiments/inductive.md)")
+
+
+@dataclass
+class Advice:
+    """What ``tladapt advise`` measured and advises for one task.
+
+    Attributes:
+        task: ``"source->target"``.
+        k: ``data.target_labels_per_class``.
+        labels_per_class: mean labelled samples per class the split gives.
+        regime: the advised key of :data:`tladapt.transfer.REGIMES`.
+        reason: why, with the numbers.
+        basis: ``"cross-validation"`` (k >= 2) or ``"source accuracy"`` (k = 1).
+        cv: regime -> held-out accuracies (%) per fold; empty for k = 1.
+        source_acc_labelled: the source head's accuracy (%) on the labelled samples, or None
+            when the source head does not predict the target's classes.
+        chance: 100 / number of target classes.
+        classic: the CS231n rule's regime (reference only) and ``classic_reason``.
+        distances: layer -> ``{"pad", "mmd"}`` (unlabelled, for the classic rule).
+        early_layer: the layer of ``linear_early`` (the hidden layer of smallest PAD).
+    """
+
+    task: str
+    k: int
+    labels_per_class: float
+    regime: str
+    reason: str
+    basis: str
+    cv: dict[str, list[float]] = field(default_factory=dict)
+    source_acc_labelled: float | None = None
+    chance: float = 0.0
+    classic: str = ""
+    classic_reason: str = ""
+    distances: dict[str, dict[str, float]] = field(default_factory=dict)
+    early_layer: str = "input"
+
+
+def advise_task(config: Config, task: str, model_dir: str | Path, seed: int | None = None, *, steps: int = 300,
+                folds: int = FOLDS, margin: float = MARGIN, small_below: float = SMALL_BELOW,
+                similar_below: float = SIMILAR_BELOW, progress=None) -> Advice:
+    """Advise a regime for one task from its labelled target samples and a source model.
+
+    Args:
+        config: the task's config; ``data.target_labels_per_class`` gives the labelled samples.
+        task: ``"source->target"``.
+        model_dir: the source model's run directory (shared by every regime).
+        seed: whose labelled split to use (default: the config's first seed), as a trainer
+            run of that seed draws it.
+        steps, folds, margin: of the cross-validation (:func:`cross_validate_regimes`,
+            :func:`choose_regime`).
+        small_below, similar_below: thresholds of the classic rule (:func:`recommend`).
+        progress: as :func:`cross_validate_regimes`.
+
+    Raises:
+        ConfigError: when ``data.target_labels_per_class`` is 0, or as :func:`load_model`.
+    """
+    require_labels(config)
+    k = config.data.target_labels_per_class
+    seed = config.experiment.seeds[0] if seed is None else seed
+    rule = classic_rule(config, task, model_dir, small_below, similar_below)
+    early, per_class = rule["early_layer"], rule["labels_per_class"]
+    _, model = load_model(model_dir)
+    splits = task_splits(config, task, seed)
+    labelled = splits.target_labelled
+    chance = 100.0 / len(torch.unique(labelled.y))
+    source_acc = source_accuracy(model, labelled) if splits.shared_head and not config.data.source_free else None
+    advice = Advice(task, k, per_class, "", "", "", source_acc_labelled=source_acc, chance=chance,
+                    classic=rule["regime"], classic_reason=rule["reason"], distances=rule["distances"], early_layer=early)
+    if int(torch.bincount(labelled.y).max()) >= 2:
+        advice.cv = cross_validate_regimes(config, model_dir, labelled, early, task.split("->")[0].strip(), folds,
+                                           steps, seed, progress)
+        advice.regime, advice.reason = choose_regime(advice.cv, margin)
+        advice.basis = "cross-validation"
+    elif source_acc is None:
+        advice.regime, advice.basis = "finetune_all", "k = 1, a new head"
+        advice.reason = ("one labelled sample per class cannot be cross-validated and no source head predicts "
+                         "these classes: fine-tune everything gently with a new head")
+    else:
+        advice.basis = "source accuracy"
+        above = source_acc > chance
+        advice.regime = "finetune_all" if above else "from_source"
+        advice.reason = (f"one labelled sample per class; the source head gets {source_acc:.1f}% of them "
+                         f"({'above' if above else 'not above'} chance, {chance:.1f}%): "
+                         + ("keep it and fine-tune gently" if above else "its head carries nothing: a new head "
+                            "at the full learning rate"))
+    return advice
