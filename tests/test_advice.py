@@ -64,6 +64,7 @@ def test_cross_validation_reads_only_the_labelled_samples(fast_config, source_ru
                for v in scores["from_source"])  # accuracies on 10 held-out samples
 
 
+@pytest.mark.slow
 def test_one_label_per_class_uses_the_source_heads_accuracy(fast_config, source_run):
     config = fast_config(TWO, "data.target_labels_per_class=1")
     a = advise_task(config, "webcam->dslr", source_run)
@@ -79,6 +80,7 @@ def test_one_label_per_class_uses_the_source_heads_accuracy(fast_config, source_
     assert b.source_acc_labelled is None and b.regime == "finetune_all" and b.basis == "k = 1, a new head"
 
 
+@pytest.mark.slow
 def test_the_advise_command(source_run, tmp_path, capsys):
     cfg = tmp_path / "c.toml"
     cfg.write_text(f"[experiment]\nruns_dir = '{tmp_path / 'runs'}'\n[data]\ntasks = ['webcam->dslr']\n"
