@@ -19,6 +19,18 @@ FAST = [
     "trainer.log_every=5",
     "trainer.progress=false",
 ]
+TWO = "model.hidden=[32, 16]"  # a two-block MLP: an earlier layer (backbone.2) below the top
+
+
+@pytest.fixture(scope="session")
+def source_model(tmp_path_factory):
+    """The run directory of one 30-step source-only run of the two-block MLP (FAST + TWO),
+    shared as the source model by the transfer and advice tests."""
+    from tladapt.experiment import run_experiment
+
+    runs = tmp_path_factory.mktemp("src")
+    [r] = run_experiment(load_config(None, [*FAST, TWO, f"experiment.runs_dir='{runs}'"]))
+    return r["run_dir"]
 
 
 @pytest.fixture

@@ -12,16 +12,7 @@ from tladapt.data.tasks import split_target
 from tladapt.experiment import run_experiment
 from tladapt.transfer import REGIMES, extract_features, fit_linear, load_model, task_splits
 
-TWO = "model.hidden=[32, 16]"
-
-
-@pytest.fixture(scope="module")
-def source_run(tmp_path_factory):
-    from conftest import FAST
-
-    runs = tmp_path_factory.mktemp("src")
-    [r] = run_experiment(load_config(None, [*FAST, TWO, f"experiment.runs_dir='{runs}'"]))
-    return r["run_dir"]
+from conftest import TWO
 
 
 def test_training_samples_per_class_of_a_split():
@@ -39,7 +30,7 @@ def test_choose_regime_keeps_finetune_all_unless_beaten_by_the_margin():
     assert regime == "linear_top" and "70.0%" in reason
 
 
-def test_cross_validation_reads_only_the_labelled_samples(fast_config, source_run, monkeypatch):
+def test_cross_validation_reads_only_the_labelled_samples(fast_config, source_model, monkeypatch):
     config = fast_config(TWO, "data.target_labels_per_class=3")
     labelled = task_splits(config, "webcam->dslr", 0).target_labelled
 
@@ -48,14 +39,14 @@ def test_cross_validation_reads_only_the_labelled_samples(fast_config, source_ru
     monkeypatch.setattr("tladapt.data.tasks.load_domain", forbidden)
     monkeypatch.setattr("tladapt.data.datasets.load_domain", forbidden)
     calls = []
-    scores = cross_validate_regimes(config, source_run, labelled, "backbone.2", "webcam", folds=2, steps=3,
+    scores = cross_validate_regimes(config, source_model, labelled, "backbone.2", "webcam", folds=2, steps=3,
                                     progress=lambda: calls.append(1))
     monkeypatch.undo()
     assert set(scores) == set(REGIMES) and all(len(v) == 2 for v in scores.values()) and len(calls) == 8
     # fold 0 trains on split_target(labelled, 2, seed 1) and scores on its rest: one sample per class
     train, held = split_target(labelled, 2, 1)
     assert len(held) == 10
-    _, model = load_model(source_run)
+    _, model = load_model(source_model)
     clf = fit_linear(extract_features(model, train.inputs(), "backbone").numpy(), train.y.numpy(), seed=1)
     want = 100.0 * float((clf.predict(extract_features(model, held.inputs(), "backbone").numpy())
                           == held.y.numpy()).mean())
@@ -65,9 +56,9 @@ def test_cross_validation_reads_only_the_labelled_samples(fast_config, source_ru
 
 
 @pytest.mark.slow
-def test_one_label_per_class_uses_the_source_heads_accuracy(fast_config, source_run):
+def test_one_label_per_class_uses_the_source_heads_accuracy(fast_config, source_model):
     config = fast_config(TWO, "data.target_labels_per_class=1")
-    a = advise_task(config, "webcam->dslr", source_run)
+    a = advise_task(config, "webcam->dslr", source_model)
     assert a.basis == "source accuracy" and not a.cv and a.chance == pytest.approx(10.0)
     assert a.regime == ("finetune_all" if a.source_acc_labelled > 10.0 else "from_source")
     assert a.classic == "linear_top" or a.classic == "linear_early"  # the classic rule: small target
@@ -81,14 +72,14 @@ def test_one_label_per_class_uses_the_source_heads_accuracy(fast_config, source_
 
 
 @pytest.mark.slow
-def test_the_advise_command(source_run, tmp_path, capsys):
+def test_the_advise_command(source_model, tmp_path, capsys):
     cfg = tmp_path / "c.toml"
     cfg.write_text(f"[experiment]\nruns_dir = '{tmp_path / 'runs'}'\n[data]\ntasks = ['webcam->dslr']\n"
                    f"[model]\nhidden = [32, 16]\n[trainer]\nprogress = false\nbatch_size = 16\nsteps = 5\n")
-    assert main(["advise", str(cfg), "--init-from", source_run]) == 2
+    assert main(["advise", str(cfg), "--init-from", source_model]) == 2
     err = capsys.readouterr().err
     assert "tladapt advise needs labelled target samples" in err and not (tmp_path / "runs").exists()
-    assert main(["advise", str(cfg), "--set", "data.target_labels_per_class=3", "--init-from", source_run,
+    assert main(["advise", str(cfg), "--set", "data.target_labels_per_class=3", "--init-from", source_model,
                  "--steps", "3", "--folds", "2", "--verify", "--seeds", "0"]) == 0
     captured = capsys.readouterr()
     out = captured.out

@@ -17,16 +17,7 @@ from tladapt.advice import labelled_per_class, recommend
 from tladapt.transfer import REGIMES, candidate_layers, extract_features, load_model, run_feature_transfer
 from tladapt.trainer import Trainer
 
-TWO = "model.hidden=[32, 16]"
-
-
-@pytest.fixture(scope="module")
-def source_run(tmp_path_factory):
-    from conftest import FAST
-
-    runs = tmp_path_factory.mktemp("src")
-    [r] = run_experiment(load_config(None, [*FAST, TWO, f"experiment.runs_dir='{runs}'"]))
-    return r["run_dir"]
+from conftest import TWO
 
 
 # ---------------------------------------------------------------- distances
@@ -62,8 +53,8 @@ def test_mmd_distance_is_the_discrepancy_module_mmd():
 
 
 # ---------------------------------------------------------------- features of a named layer
-def test_features_of_a_named_layer_equal_a_manual_forward(source_run):
-    config, model = load_model(source_run)
+def test_features_of_a_named_layer_equal_a_manual_forward(source_model):
+    config, model = load_model(source_model)
     assert config.model.hidden == [32, 16]
     x = torch.randn(7, 800)
     b = model["backbone"]
@@ -76,13 +67,13 @@ def test_features_of_a_named_layer_equal_a_manual_forward(source_run):
     with pytest.raises(ConfigError, match="unknown layer 'backbone.7'"):
         extract_features(model, x, "backbone.7")
     with pytest.raises(ConfigError, match="source_only: no config.json"):
-        load_model(Path(source_run).parent)
+        load_model(Path(source_model).parent)
 
 
 # ---------------------------------------------------------------- feature-based transfer runs
-def test_feature_transfer_uses_the_trainers_k_shot_split_and_writes_a_run(fast_config, source_run):
+def test_feature_transfer_uses_the_trainers_k_shot_split_and_writes_a_run(fast_config, source_model):
     config = fast_config(TWO, "data.target_labels_per_class=3", "experiment.seeds=[0, 1]")
-    results = run_feature_transfer(config, source_run, "backbone.2", method="lin")
+    results = run_feature_transfer(config, source_model, "backbone.2", method="lin")
     assert [r["seed"] for r in results] == [0, 1]
     for r in results:
         assert r["transfer"]["n_train"] == 30 and r["transfer"]["n_test"] == 157 - 30
@@ -109,11 +100,11 @@ def test_feature_transfer_uses_the_trainers_k_shot_split_and_writes_a_run(fast_c
     acc.Reload()
     assert acc.Scalars("oracle/target_acc")[0].value == pytest.approx(results[0]["final"]["oracle/target_acc"])
     # source + target trains on both
-    [both] = run_feature_transfer(fast_config(TWO, "data.target_labels_per_class=1"), source_run,
+    [both] = run_feature_transfer(fast_config(TWO, "data.target_labels_per_class=1"), source_model,
                                   train_on="source+target", classifier="svm")
     assert both["transfer"]["n_train"] == 10 + 265  # webcam 295 minus the 10% validation split (30)
     with pytest.raises(ConfigError, match="needs data.target_labels_per_class > 0"):
-        run_feature_transfer(fast_config(TWO), source_run)
+        run_feature_transfer(fast_config(TWO), source_model)
 
 
 def test_labelled_per_class_counts_what_the_split_gives():
@@ -141,31 +132,31 @@ def test_the_rule_picks_each_regime(per_class, pad, regime):
 
 
 # ---------------------------------------------------------------- the CLI
-def test_distance_and_advise_commands(source_run, tmp_path, capsys):
+def test_distance_and_advise_commands(source_model, tmp_path, capsys):
     args = ["--set", "data.tasks=['webcam->dslr']", "--set", TWO]
-    assert main(["distance", "-", *args, "--init-from", source_run, "--layer", "backbone"]) == 2  # no such file
+    assert main(["distance", "-", *args, "--init-from", source_model, "--layer", "backbone"]) == 2  # no such file
     cfg = tmp_path / "c.toml"
     cfg.write_text(f"[experiment]\nruns_dir = '{tmp_path / 'runs'}'\n[trainer]\nprogress = false\nbatch_size = 16\n")
     capsys.readouterr()
-    assert main(["distance", str(cfg), *args, "--init-from", source_run]) == 0
+    assert main(["distance", str(cfg), *args, "--init-from", source_model]) == 0
     out = capsys.readouterr().out
     for layer in ("input", "backbone.2", "backbone"):
         assert f"| webcam->dslr | {layer} " in out
-    assert main(["advise", str(cfg), *args, "--set", "data.target_labels_per_class=3", "--init-from", source_run,
+    assert main(["advise", str(cfg), *args, "--set", "data.target_labels_per_class=3", "--init-from", source_model,
                  "--verify", "--steps", "5", "--seeds", "0"]) == 0
     out = capsys.readouterr().out
     assert "labelled target samples per class: 3.0" in out and "advice: " in out and "because 3.0 labelled/class" in out
     assert all(text in out for text in REGIMES.values()) and "advised" in out
 
 
-def test_run_init_from_option_sets_model_init_from(source_run, tmp_path):
+def test_run_init_from_option_sets_model_init_from(source_model, tmp_path):
     cfg = tmp_path / "c.toml"
     cfg.write_text(f"[experiment]\nruns_dir = '{tmp_path / 'runs'}'\n[data]\ntasks = ['webcam->dslr']\n"
                    f"[model]\nhidden = [32, 16]\n[trainer]\nsteps = 2\neval_every = 2\nprogress = false\n"
                    f"batch_size = 16\n[plugins.finetune]\nfreeze = ['backbone']\n")
-    assert main(["run", str(cfg), "--init-from", source_run]) == 0
+    assert main(["run", str(cfg), "--init-from", source_model]) == 0
     [r] = collect_results(tmp_path / "runs")
-    assert r["finetune"]["init_from"] == source_run and r["finetune"]["frozen"] == ["backbone"]
+    assert r["finetune"]["init_from"] == source_model and r["finetune"]["frozen"] == ["backbone"]
 
 
 def test_features_of_a_conv_layer_are_flattened():
