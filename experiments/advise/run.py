@@ -7,6 +7,9 @@ Usage (from the repository root; about an hour on one busy CPU thread):
     nice -n 10 .venv/bin/python experiments/advise/run.py --cells heldout     # the held-out cells
     .venv/bin/python experiments/advise/run.py --table-only                   # re-tabulate experiments/advise.md
 
+A cell already in results.json with the same seeds, steps and --set overrides is not run
+again (an interrupted run continues where it stopped); --task LABEL / --k K run a subset.
+
 For every task: one source-only model (experiments/advise/base.toml, seed 0). For every
 (task, k) cell and seed s: the four regimes trained on seed s's labelled samples and tested
 on its rest (`tladapt.transfer.run_regimes`, what `tladapt advise --verify` runs; the oracle
@@ -71,28 +74,52 @@ def overrides(dataset, task, source_classes, target_classes, runs_dir, same_task
     return [f"data.dataset='{dataset}'", f"data.tasks=['{task}']", f"experiment.runs_dir='{runs_dir}'",
             f"data.source_classes={json.dumps(source_classes)}",
             f"data.target_classes={json.dumps(source_classes if same_task else target_classes)}",
-            f"trainer.lr={LR.get(dataset, 0.01)}"]
+            f"trainer.lr={LR.get(dataset, 0.01)}", *EXTRA]
 
 
-def run(cells: str, seeds: list[int], steps: int, runs_dir: str, existing: list[dict]) -> list[dict]:
-    raw = [r for r in existing if r["set"] != cells]
+EXTRA: list[str] = []  # --set overrides given on the command line, applied to every config (smoke tests)
+
+
+def run(cells: str, seeds: list[int], steps: int, runs_dir: str, existing: list[dict], save=None,
+        tasks: list[str] | None = None, ks: list[int] = K) -> list[dict]:
+    """Measure the cells of one cell set (only ``tasks``' labels and ``ks`` when given) and
+    return ``existing`` with them added or replaced, in the order of TASKS x K. A cell of
+    ``existing`` measured with the same seeds, steps and overrides is kept and not run again
+    (an interrupted run continues). ``save(raw)`` is called after each new cell."""
+    cells_by_key = {(r["set"], r["task"], r["k"]): r for r in existing}
+    order = [(c[0], task_label(*c[2:]), k) for c in TASKS for k in K]
+
+    def ordered():
+        return sorted(cells_by_key.values(), key=lambda r: order.index((r["set"], r["task"], r["k"]))
+                      if (r["set"], r["task"], r["k"]) in order else len(order))
+
     for cell_set, dataset, task, src_cls, tgt_cls in TASKS:
-        if cell_set != cells:
+        label = task_label(task, src_cls, tgt_cls)
+        if cell_set != cells or (tasks and label not in tasks):
             continue
-        pre = run_experiment(load_config(HERE / "base.toml", overrides(dataset, task, src_cls, tgt_cls, runs_dir, True)))
-        model_dir = pre[0]["run_dir"]
-        for k in K:
+        model_dir = None
+        for k in ks:
+            old = cells_by_key.get((cell_set, label, k))
+            if old is not None and (old["seeds"], old["steps"], old.get("extra", [])) == (seeds, steps, EXTRA):
+                continue
+            if model_dir is None:
+                pre = run_experiment(load_config(HERE / "base.toml", overrides(dataset, task, src_cls, tgt_cls,
+                                                                               runs_dir, True)))
+                model_dir = pre[0]["run_dir"]
             config = load_config(HERE / "base.toml", overrides(dataset, task, src_cls, tgt_cls, runs_dir)
                                  + [f"data.target_labels_per_class={k}", f"experiment.seeds={seeds}"])
             advice = [advise_task(config, task, model_dir, seed=s, steps=steps) for s in seeds]
             accs = run_regimes(config, task, model_dir, advice[0].early_layer, steps)
-            raw.append({"set": cell_set, "dataset": dataset, "task": task_label(task, src_cls, tgt_cls), "k": k,
-                        "seeds": seeds, "steps": steps, "source_run": model_dir, "accs": accs,
-                        "advised": [a.regime for a in advice], "basis": [a.basis for a in advice],
-                        "cv": [a.cv for a in advice], "source_acc_labelled": [a.source_acc_labelled for a in advice],
-                        "labels_per_class": advice[0].labels_per_class, "classic": advice[0].classic})
-            print(table([raw[-1]])[0].splitlines()[-1], file=sys.stderr, flush=True)
-    return raw
+            cells_by_key[(cell_set, label, k)] = {
+                "set": cell_set, "dataset": dataset, "task": label, "k": k, "seeds": seeds, "steps": steps,
+                "extra": list(EXTRA), "source_run": model_dir, "accs": accs, "advised": [a.regime for a in advice],
+                "basis": [a.basis for a in advice], "cv": [a.cv for a in advice],
+                "source_acc_labelled": [a.source_acc_labelled for a in advice],
+                "labels_per_class": advice[0].labels_per_class, "classic": advice[0].classic}
+            if save:
+                save(ordered())
+            print(table([cells_by_key[(cell_set, label, k)]])[0].splitlines()[-1], file=sys.stderr, flush=True)
+    return ordered()
 
 
 def score(rec: dict) -> dict:
@@ -138,16 +165,23 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--runs-dir", default="runs/advise")
     ap.add_argument("--table-only", action="store_true")
+    ap.add_argument("--set", action="append", default=[], help="override every config (smoke tests only)")
+    ap.add_argument("--results", default=str(HERE / "results.json"), help="the results file (read and written)")
+    ap.add_argument("--md", default=str(HERE.parent / "advise.md"), help="the markdown file whose table is written")
+    ap.add_argument("--task", action="append", help="only these cells' task labels (as the table shows them)")
+    ap.add_argument("--k", action="append", type=int, help="only these k (default: 1 3 10 1000)")
     args = ap.parse_args()
-    results = HERE / "results.json"
+    EXTRA.extend(args.set)
+    results = Path(args.results)
     raw = json.loads(results.read_text()) if results.exists() else []
     if not args.table_only:
         if not args.cells:
             ap.error("--cells design|heldout (or --table-only)")
-        raw = run(args.cells, parse_seeds(args.seeds), args.steps, args.runs_dir, raw)
+        raw = run(args.cells, parse_seeds(args.seeds), args.steps, args.runs_dir, raw,
+                  save=lambda r: results.write_text(json.dumps(r, indent=1)), tasks=args.task, ks=args.k or K)
         results.write_text(json.dumps(raw, indent=1))
     text, summary = table(raw)
-    md = HERE.parent / "advise.md"
+    md = Path(args.md)
     old = md.read_text() if md.exists() else "<!-- RESULTS -->\n<!-- /RESULTS -->\n"
     head, _, rest = old.partition("<!-- RESULTS -->")
     _, _, tail = rest.partition("<!-- /RESULTS -->")

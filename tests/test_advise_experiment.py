@@ -1,0 +1,67 @@
+"""experiments/advise/run.py: its table is reproducible from its command, an interrupted run
+continues without re-training, and the summary counts what the table shows."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import TWO
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_experiment():
+    spec = importlib.util.spec_from_file_location("advise_experiment", ROOT / "experiments" / "advise" / "run.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def record(accs, advised, classic="linear_top", cell_set="heldout"):
+    return {"set": cell_set, "dataset": "d", "task": "a->b", "k": 3, "accs": accs, "advised": advised,
+            "classic": classic}
+
+
+def test_score_and_summary_count_cells_within_one_point_and_below_finetune_all():
+    mod = load_experiment()
+    accs = {"linear_top": [50.0, 52.0], "finetune_all": [60.0, 62.0], "linear_early": [40.0, 40.0],
+            "from_source": [63.0, 61.5]}  # means 51, 61, 40, 62.25: from_source wins
+    s = mod.score(record(accs, ["finetune_all", "from_source"]))  # advised per seed: 60.0 then 61.5
+    assert s["winner"] == "from_source" and s["advised"] == pytest.approx(60.75)
+    assert s["gap"] == pytest.approx(1.5) and s["vs_finetune"] == pytest.approx(-0.25)
+    assert s["classic_gap"] == pytest.approx(11.25)
+    near = record(accs, ["from_source", "from_source"], classic="from_source")
+    text, summary = mod.table([record(accs, ["finetune_all", "from_source"]), near])
+    assert summary == ["heldout: advice at the winner or within 1 point in 1 of 2 cells (50 %); below finetune_all "
+                       "in 1 cells (0 by more than 1 point); the classic rule within 1 point in 1 of 2"]
+    assert text.count("\n") == 3  # header, rule, two cells
+
+
+@pytest.mark.slow
+def test_the_advise_experiment_is_reproducible_from_its_command(tmp_path, monkeypatch):
+    mod = load_experiment()
+    small = ["--set", "trainer.steps=20", "--set", TWO, "--set", "trainer.batch_size=16",
+             "--set", "trainer.eval_every=20", "--set", "trainer.log_every=5"]
+    argv = ["run.py", "--cells", "design", "--task", "webcam->dslr", "--k", "1", "--k", "3", "--seeds", "0",
+            "--steps", "3", *small]
+
+    def command(name):
+        out = tmp_path / name
+        monkeypatch.setattr(sys, "argv", [*argv, "--runs-dir", str(out / "runs"), "--results", str(out / "r.json"),
+                                          "--md", str(out / "advise.md")])
+        mod.EXTRA.clear()
+        assert mod.main() == 0
+        return json.loads((out / "r.json").read_text()), (out / "advise.md").read_text()
+
+    (raw_a, md_a), (raw_b, md_b) = command("a"), command("b")
+    assert [r["k"] for r in raw_a] == [1, 3] and all(r["task"] == "webcam->dslr" for r in raw_a)
+    assert [r["basis"] for r in raw_a] == [["source accuracy"], ["cross-validation"]]
+    assert md_a == md_b and "design: advice at the winner or within 1 point in" in md_a
+    strip = lambda raw: [{k: v for k, v in r.items() if k != "source_run"} for r in raw]  # noqa: E731
+    assert strip(raw_a) == strip(raw_b)
+    # run again on its own results: nothing is trained again, the table is the same
+    monkeypatch.setattr(mod, "run_experiment", lambda *a, **k: pytest.fail("a finished cell was run again"))
+    assert command("a") == (raw_a, md_a)
