@@ -90,3 +90,13 @@ def test_the_advise_command(source_model, tmp_path, capsys):
     assert main(["advise", str(cfg), "--set", "data.target_labels_per_class=1"]) == 0
     assert "training a source-only model per task first, under" in capsys.readouterr().err
     assert list((tmp_path / "runs").rglob("source_pretrain/seed0-*/checkpoint.pt"))
+
+
+def test_the_classic_rule_reuses_given_distances(fast_config, source_model, monkeypatch):
+    from tladapt.advice import classic_rule
+
+    config = fast_config(TWO, "data.target_labels_per_class=3")
+    measured = classic_rule(config, "webcam->dslr", source_model)
+    assert set(measured["distances"]) == {"backbone.2", "backbone"}
+    monkeypatch.setattr("tladapt.advice.layer_distances", lambda *a, **k: pytest.fail("distances measured again"))
+    assert classic_rule(config, "webcam->dslr", source_model, distances=measured["distances"]) == measured

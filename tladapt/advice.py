@@ -88,7 +88,7 @@ def recommend(labels_per_class: float, distance: float, small_below: float = SMA
 
 
 def classic_rule(config: Config, task: str, model_dir: str | Path, small_below: float = SMALL_BELOW,
-                 similar_below: float = SIMILAR_BELOW) -> dict:
+                 similar_below: float = SIMILAR_BELOW, distances: dict[str, dict[str, float]] | None = None) -> dict:
     """Measure one task without labels and apply the CS231n rule (the advice of issue 6, kept
     for reference and for ``experiments/inductive/run.py``).
 
@@ -100,6 +100,10 @@ def classic_rule(config: Config, task: str, model_dir: str | Path, small_below: 
     per domain its PAD is ~0 by construction, see :func:`tladapt.distance.proxy_a_distance`),
     so it is not measured (``tladapt distance`` does).
 
+    The distances depend only on the task's unlabelled domains and the source model, not on
+    ``k`` or the seed: pass ``distances`` (this function's earlier ``"distances"`` for the
+    same task and model) to reuse them; they are measured otherwise.
+
     Returns:
         ``{"task", "labels_per_class", "distances": {layer: {pad, mmd}}, "decision_layer",
         "early_layer", "regime", "reason"}``.
@@ -107,7 +111,8 @@ def classic_rule(config: Config, task: str, model_dir: str | Path, small_below: 
     _, model = load_model(model_dir)
     layers = candidate_layers(model["backbone"])
     hidden = layers[1:-1] or ["input"]
-    distances = layer_distances(config, task, hidden + ["backbone"], model_dir)
+    if distances is None:
+        distances = layer_distances(config, task, hidden + ["backbone"], model_dir)
     early = min(hidden, key=lambda layer: (distances[layer]["pad"], layers.index(layer)))
     per_class = labelled_per_class(config, task)
     regime, reason = recommend(per_class, distances["backbone"]["pad"], small_below, similar_below)
@@ -254,7 +259,8 @@ class Advice:
 
 def advise_task(config: Config, task: str, model_dir: str | Path, seed: int | None = None, *, steps: int = 300,
                 folds: int = FOLDS, margin: float = MARGIN, small_below: float = SMALL_BELOW,
-                similar_below: float = SIMILAR_BELOW, progress=None) -> Advice:
+                similar_below: float = SIMILAR_BELOW, progress=None,
+                distances: dict[str, dict[str, float]] | None = None) -> Advice:
     """Advise a regime for one task from its labelled target samples and a source model.
 
     Args:
@@ -267,6 +273,8 @@ def advise_task(config: Config, task: str, model_dir: str | Path, seed: int | No
             :func:`choose_regime`).
         small_below, similar_below: thresholds of the classic rule (:func:`recommend`).
         progress: as :func:`cross_validate_regimes`.
+        distances: the classic rule's distances, when already measured for this task and
+            model (an earlier advice's ``distances``); see :func:`classic_rule`.
 
     Raises:
         ConfigError: when ``data.target_labels_per_class`` is 0, or as :func:`load_model`.
@@ -274,7 +282,7 @@ def advise_task(config: Config, task: str, model_dir: str | Path, seed: int | No
     require_labels(config)
     k = config.data.target_labels_per_class
     seed = config.experiment.seeds[0] if seed is None else seed
-    rule = classic_rule(config, task, model_dir, small_below, similar_below)
+    rule = classic_rule(config, task, model_dir, small_below, similar_below, distances)
     early, per_class = rule["early_layer"], rule["labels_per_class"]
     _, model = load_model(model_dir)
     splits = task_splits(config, task, seed)

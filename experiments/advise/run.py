@@ -97,7 +97,7 @@ def run(cells: str, seeds: list[int], steps: int, runs_dir: str, existing: list[
         label = task_label(task, src_cls, tgt_cls)
         if cell_set != cells or (tasks and label not in tasks):
             continue
-        model_dir = None
+        model_dir, distances = None, None
         for k in ks:
             old = cells_by_key.get((cell_set, label, k))
             if old is not None and (old["seeds"], old["steps"], old.get("extra", [])) == (seeds, steps, EXTRA):
@@ -108,7 +108,10 @@ def run(cells: str, seeds: list[int], steps: int, runs_dir: str, existing: list[
                 model_dir = pre[0]["run_dir"]
             config = load_config(HERE / "base.toml", overrides(dataset, task, src_cls, tgt_cls, runs_dir)
                                  + [f"data.target_labels_per_class={k}", f"experiment.seeds={seeds}"])
-            advice = [advise_task(config, task, model_dir, seed=s, steps=steps) for s in seeds]
+            advice = []
+            for s in seeds:  # the unlabelled distances of the classic rule are measured once per task
+                advice.append(advise_task(config, task, model_dir, seed=s, steps=steps, distances=distances))
+                distances = advice[-1].distances
             accs = run_regimes(config, task, model_dir, advice[0].early_layer, steps)
             cells_by_key[(cell_set, label, k)] = {
                 "set": cell_set, "dataset": dataset, "task": label, "k": k, "seeds": seeds, "steps": steps,
