@@ -47,13 +47,14 @@ TASKS = [
     ("design", "office_caltech10_surf", "amazon->dslr", [], []),
     ("design", "office_caltech10_surf", "dslr->webcam", [], []),
     ("design", "office_caltech10_surf", "amazon->webcam", [], []),
-    ("heldout", "mnist_usps_jda", "usps->mnist", [], []),
+    # held out, one task of each dataset first (an interrupted run still covers every dataset)
     ("heldout", "mnist_usps_jda", "mnist->usps", [], []),
-    ("heldout", "mnist_usps_jda", "mnist->usps", DIGITS_LOW, DIGITS_HIGH),
     ("heldout", "coil20_jda", "coil1->coil2", [], []),
-    ("heldout", "coil20_jda", "coil1->coil2", COIL_LOW, COIL_HIGH),
     ("heldout", "amazon_review_400", "books->kitchen", [], []),
+    ("heldout", "mnist_usps_jda", "mnist->usps", DIGITS_LOW, DIGITS_HIGH),
+    ("heldout", "coil20_jda", "coil1->coil2", COIL_LOW, COIL_HIGH),
     ("heldout", "amazon_review_400", "electronics->dvd", [], []),
+    ("heldout", "mnist_usps_jda", "usps->mnist", [], []),
 ]
 
 

@@ -54,11 +54,11 @@ def accs(results: list[dict], tag: str = "oracle/target_acc") -> list[float]:
     return [r["final"][tag] for r in results]
 
 
-def write_section(marker: str, text: str) -> None:
-    old = MD.read_text()
+def write_section(marker: str, text: str, md: Path = MD) -> None:
+    old = md.read_text() if md.exists() else f"<!-- {marker} -->\n<!-- /{marker} -->\n"
     head, _, rest = old.partition(f"<!-- {marker} -->")
     _, _, tail = rest.partition(f"<!-- /{marker} -->")
-    MD.write_text(f"{head}<!-- {marker} -->\n{text}\n<!-- /{marker} -->{tail}")
+    md.write_text(f"{head}<!-- {marker} -->\n{text}\n<!-- /{marker} -->{tail}")
 
 
 # ---------------------------------------------------------------- a different target task (+ self-taught)
@@ -249,17 +249,22 @@ def main() -> int:
     ap.add_argument("--runs-dir", default="runs/taxonomy")
     ap.add_argument("--table-only", action="store_true")
     ap.add_argument("--set", action="append", default=[], help="override every config (smoke tests only)")
+    ap.add_argument("--out", type=Path, help="write results_SECTION.json and taxonomy.md there (smoke tests) "
+                                             "instead of into experiments/")
     args = ap.parse_args()
     EXTRA.extend(args.set)
     run, table, marker = SECTIONS[args.section]
-    results = HERE / f"results_{args.section}.json"
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+    results = (args.out or HERE) / f"results_{args.section}.json"
+    md = args.out / "taxonomy.md" if args.out else MD
     if args.table_only:
         raw = json.loads(results.read_text())
     else:
         raw = run(args.runs_dir)
         results.write_text(json.dumps(raw, indent=1))
     text = table(raw)
-    write_section(marker, text)
+    write_section(marker, text, md)
     print(text)
     return 0
 
