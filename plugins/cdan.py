@@ -94,16 +94,20 @@ class CDAN:
         self.options = options
 
     @tladapt.hookimpl
-    def tladapt_setup(self, trainer):
-        """Build the conditional discriminator (``cdan_discriminator``) for the run's sizes.
+    def tladapt_check(self, task):
+        """Before any run: both domains are classified by one head.
 
         Raises:
             ConfigError: when the source and target have different label sets (a head each):
                 CDAN conditions both domains on predictions over one set of classes.
         """
-        if trainer.source_head is not trainer.head:
+        if not task.shared_head:
             raise ConfigError("plugins.cdan conditions the discriminator on class predictions, which needs one label "
                               "set for both domains; data.source_classes and data.target_classes differ here")
+
+    @tladapt.hookimpl
+    def tladapt_setup(self, trainer):
+        """Build the conditional discriminator (``cdan_discriminator``) for the run's sizes."""
         o = self.options
         d, k = trainer.feature_dim, trainer.num_classes
         randomized = o.map == "randomized" or (o.map == "auto" and d * k > self.MULTILINEAR_MAX)

@@ -103,44 +103,38 @@ class CORAL:
         mode: Literal["deep", "closed_form"] = tladapt.option(
             "deep", "deep: CORAL loss on backbone features (Deep CORAL); closed_form: re-colour "
                     "the source inputs once before training (CORAL, vector datasets only)")
-        weight: float = tladapt.option(1.0, "mode='deep': coefficient λ of the CORAL loss")
+        weight: float = tladapt.option(1.0, "mode='deep': coefficient λ of the CORAL loss", ge=0)
         schedule: Literal["constant", "progressive"] = tladapt.option(
             "constant", "mode='deep': constant λ (Deep CORAL), or λ × (2/(1+exp(-γ p)) - 1) "
                         "ramped from 0 over training progress p (as JAN/DANN)")
-        gamma: float = tladapt.option(10.0, "schedule='progressive': steepness γ of the ramp")
+        gamma: float = tladapt.option(10.0, "schedule='progressive': steepness γ of the ramp", gt=0)
         lam: float = tladapt.option(
-            1.0, "mode='closed_form': λ added to both covariances' diagonals (the paper's 1)")
+            1.0, "mode='closed_form': λ added to both covariances' diagonals (the paper's 1)", ge=0)
 
     def __init__(self, options: Options):
-        if not (math.isfinite(options.weight) and options.weight >= 0):
-            raise ConfigError(f"plugins.coral.weight must be finite and >= 0, got {options.weight}")
-        if not (math.isfinite(options.gamma) and options.gamma > 0):
-            raise ConfigError(f"plugins.coral.gamma must be finite and > 0, got {options.gamma}")
-        if not (math.isfinite(options.lam) and options.lam >= 0):
-            raise ConfigError(f"plugins.coral.lam must be finite and >= 0, got {options.lam}")
         self.options = options
         self.matrix: torch.Tensor | None = None
 
     @tladapt.hookimpl
-    def tladapt_setup(self, trainer):
-        """Check, before training, that the mode suits the data and the batch size.
+    def tladapt_check(self, config, task):
+        """Check, before any run, that the mode suits the data and the batch size.
 
         Raises:
             ConfigError: ``closed_form`` on inputs that are not vectors ``(d,)``; ``deep``
                 with ``trainer.batch_size < 2``.
         """
         o = self.options
-        if o.mode == "closed_form" and len(trainer.source.input_shape) != 1:
+        if o.mode == "closed_form" and len(task.source.input_shape) != 1:
             raise ConfigError(
                 f"plugins.coral.mode = 'closed_form' re-colours input vectors and needs a feature "
-                f"dataset with inputs of shape (d,); data.dataset = {trainer.config.data.dataset!r} "
-                f"has inputs of shape {trainer.source.input_shape} (domain {trainer.source.name!r}): "
+                f"dataset with inputs of shape (d,); data.dataset = {config.data.dataset!r} "
+                f"has inputs of shape {task.source.input_shape} (domain {task.source.name!r}): "
                 f"use mode = 'deep' to align backbone features instead"
             )
-        if o.mode == "deep" and trainer.config.trainer.batch_size < 2:
+        if o.mode == "deep" and config.trainer.batch_size < 2:
             raise ConfigError(
                 f"plugins.coral (mode = 'deep') needs batch covariances, i.e. at least 2 samples "
-                f"per domain, but trainer.batch_size = {trainer.config.trainer.batch_size}"
+                f"per domain, but trainer.batch_size = {config.trainer.batch_size}"
             )
 
     @tladapt.hookimpl(tryfirst=True)  # transform the data before other plugins measure it

@@ -65,23 +65,48 @@ class Finetune:
             "source", "source: start from model.init_from (required); scratch: re-initialise all it loaded")
         freeze: list[str] = tladapt.option(
             [], "module paths to freeze, e.g. ['backbone.0'] or ['backbone'] (under the trainer's modules)")
-        freeze_depth: int = tladapt.option(0, "freeze the first N parametrised layers of the backbone")
+        freeze_depth: int = tladapt.option(0, "freeze the first N parametrised layers of the backbone", ge=0)
         reinit_head: bool = tladapt.option(False, "re-initialise the classifier head (a new linear classifier)")
         frozen_eval: bool = tladapt.option(True, "keep frozen layers (and the dropout/BN in them) in eval mode")
 
     def __init__(self, options: Options):
-        if options.freeze_depth < 0:
-            raise ConfigError(f"plugins.finetune.freeze_depth must be >= 0, got {options.freeze_depth}")
         self.options = options
         self.frozen: list[str] = []
 
     @tladapt.hookimpl
-    def tladapt_setup(self, trainer):
-        o, config = self.options, trainer.config
+    def tladapt_check(self, config, task):
+        """Before any run: ``init = 'source'`` has a ``model.init_from``, ``freeze_depth`` fits the
+        backbone, and ``freeze`` paths into the backbone or head exist (paths into modules that
+        plugins register are checked in ``tladapt_setup``).
+
+        Raises:
+            ConfigError: naming the option and what was expected.
+        """
+        o = self.options
         if o.init == "source" and not config.model.init_from:
             raise ConfigError("plugins.finetune.init = 'source' needs model.init_from = a source run directory "
                               "(e.g. tladapt run ... --init-from runs/<exp>/<task>/source_only/seed0-...); "
                               "use init = 'scratch' to train from a random start")
+        if o.freeze_depth:
+            try:
+                depth_region(task.backbone, o.freeze_depth)
+            except ConfigError as err:
+                raise ConfigError(f"plugins.finetune.{err}") from None
+        for path in o.freeze:
+            if path.split(".")[0] in task.modules:
+                self._submodule(task.modules, path)
+
+    @staticmethod
+    def _submodule(modules, path: str):
+        try:
+            return modules.get_submodule(path)
+        except AttributeError:
+            raise ConfigError(f"plugins.finetune.freeze names unknown module {path!r}: modules are "
+                              f"{', '.join(n for n, _ in modules.named_modules() if n)}") from None
+
+    @tladapt.hookimpl
+    def tladapt_setup(self, trainer):
+        o = self.options
         if o.init == "scratch":
             for m in trainer.modules["backbone"].modules():
                 if hasattr(m, "reset_parameters"):
@@ -90,11 +115,7 @@ class Finetune:
             trainer.head.reset_parameters()
         region = depth_region(trainer.backbone, o.freeze_depth) if o.freeze_depth else []
         for path in o.freeze:
-            try:
-                trainer.modules.get_submodule(path)
-            except AttributeError:
-                raise ConfigError(f"plugins.finetune.freeze names unknown module {path!r}: modules are "
-                                  f"{', '.join(n for n, _ in trainer.modules.named_modules() if n)}") from None
+            self._submodule(trainer.modules, path)
             region.append(path)
         self.frozen = region
         for path in region:

@@ -95,15 +95,23 @@ class FixMatch:
         self.scale: torch.Tensor | None = None
 
     @tladapt.hookimpl
+    def tladapt_check(self, config, task):
+        """Before any run: image views need a target domain with an augmentation to draw from.
+
+        Raises:
+            ConfigError: ``views = 'image'`` on a target without image augmentation.
+        """
+        if self.options.views == "image" and getattr(task.target, "augment", None) is None:
+            raise ConfigError(f"plugins.fixmatch.views = 'image' needs an image target domain with augmentation "
+                              f"([augment] train = 'standard'); data.dataset = {config.data.dataset!r} has "
+                              f"none here: use views = 'feature'")
+
+    @tladapt.hookimpl
     def tladapt_setup(self, trainer):
-        """Resolve the views; check that image views have an augmentation to draw from."""
+        """Resolve the views (``auto``: image views when the target has image augmentation)."""
         o = self.options
         augmented = getattr(trainer.target, "augment", None) is not None
         self.views = o.views if o.views != "auto" else ("image" if augmented else "feature")
-        if self.views == "image" and not augmented:
-            raise ConfigError(f"plugins.fixmatch.views = 'image' needs an image target domain with augmentation "
-                              f"([augment] train = 'standard'); data.dataset = {trainer.config.data.dataset!r} has "
-                              f"none here: use views = 'feature'")
 
     @tladapt.hookimpl(trylast=True)  # after transforms of the domains (e.g. closed-form CORAL, JDA)
     def tladapt_fit_start(self, trainer):

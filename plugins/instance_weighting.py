@@ -44,7 +44,6 @@ self-normalised per batch.
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -201,39 +200,23 @@ class InstanceWeighting:
         space: Literal["input", "features"] = tladapt.option(
             "input", "estimate on raw inputs, or on backbone features refreshed every refresh_every steps")
         refresh_every: int = tladapt.option(
-            500, "space='features': re-estimate after every this many steps (0: only at fit start)")
+            500, "space='features': re-estimate after every this many steps (0: only at fit start)", ge=0)
         sigma: float = tladapt.option(
             0.0, "kernel width of k = exp(-|x-y|^2/(2 sigma^2)) (kmm, kliep); 0: median heuristic "
-                 "(kliep: cross-validated over median * 0.1..5)")
-        kmm_B: float = tladapt.option(1000.0, "KMM upper bound B on each weight")
+                 "(kliep: cross-validated over median * 0.1..5)", ge=0)
+        kmm_B: float = tladapt.option(1000.0, "KMM upper bound B on each weight", gt=0)
         kmm_eps: float = tladapt.option(
             -1.0, "KMM sum tolerance |sum beta - n_s| <= n_s eps; < 0: the paper's (sqrt(n_s) - 1)/sqrt(n_s)")
-        kliep_centers: int = tladapt.option(100, "KLIEP Gaussian basis functions (target points; paper: 100)")
-        kliep_folds: int = tladapt.option(5, "KLIEP likelihood cross-validation folds")
+        kliep_centers: int = tladapt.option(100, "KLIEP Gaussian basis functions (target points; paper: 100)", ge=1)
+        kliep_folds: int = tladapt.option(5, "KLIEP likelihood cross-validation folds", ge=2)
         disc_C: float = tladapt.option(
-            1.0, "inverse L2 strength of the logistic-regression domain classifier (discriminative)")
-        clip: float = tladapt.option(0.0, "maximum weight (after normalisation: >= 1); 0: no clipping")
+            1.0, "inverse L2 strength of the logistic-regression domain classifier (discriminative)", gt=0)
+        clip: float = tladapt.option(0.0, "maximum weight (after normalisation: >= 1); 0: no clipping", ge=0)
         normalize: bool = tladapt.option(True, "rescale the weights to mean 1 over the source training split")
 
     def __init__(self, options: Options):
         o = options
-        where = "plugins.instance_weighting"
-        if o.refresh_every < 0:
-            raise ConfigError(f"{where}.refresh_every must be >= 0, got {o.refresh_every}")
-        if not (math.isfinite(o.sigma) and o.sigma >= 0):
-            raise ConfigError(f"{where}.sigma must be a finite width > 0, or 0 for the median heuristic, got {o.sigma}")
-        if not o.kmm_B > 0:
-            raise ConfigError(f"{where}.kmm_B must be > 0, got {o.kmm_B}")
-        if not math.isfinite(o.kmm_eps):
-            raise ConfigError(f"{where}.kmm_eps must be finite (>= 0, or < 0 for the paper's default), got {o.kmm_eps}")
-        if o.kliep_centers < 1:
-            raise ConfigError(f"{where}.kliep_centers must be >= 1, got {o.kliep_centers}")
-        if o.kliep_folds < 2:
-            raise ConfigError(f"{where}.kliep_folds must be >= 2, got {o.kliep_folds}")
-        if not (math.isfinite(o.disc_C) and o.disc_C > 0):
-            raise ConfigError(f"{where}.disc_C must be finite and > 0, got {o.disc_C}")
-        if not (math.isfinite(o.clip) and o.clip >= 0):
-            raise ConfigError(f"{where}.clip must be >= 0 (0: no clipping), got {o.clip}")
+        where = "plugins.instance_weighting"  # single options are bounded in Options; these combine two
         if o.normalize and 0 < o.clip < 1:
             raise ConfigError(f"{where}.clip must be >= 1 with normalize = true (weights have mean 1), got {o.clip}")
         if o.estimator == "kmm" and o.kmm_eps >= 0 and o.kmm_B * 1.0 < 1.0 - o.kmm_eps:

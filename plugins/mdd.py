@@ -67,16 +67,20 @@ class MDD:
         self.options = options
 
     @tladapt.hookimpl
-    def tladapt_setup(self, trainer):
-        """Build the auxiliary head ``mdd_head``.
+    def tladapt_check(self, task):
+        """Before any run: both domains are classified by one head.
 
         Raises:
             ConfigError: when the source and target have different label sets: the
                 disparity compares predictions over one set of classes.
         """
-        if trainer.source_head is not trainer.head:
+        if not task.shared_head:
             raise ConfigError("plugins.mdd compares class predictions on both domains, which needs one label set; "
                               "data.source_classes and data.target_classes differ here")
+
+    @tladapt.hookimpl
+    def tladapt_setup(self, trainer):
+        """Build the auxiliary head ``mdd_head``."""
         o = self.options
         self.head = trainer.add_module(
             "mdd_head", adversarial_head(trainer.feature_dim, trainer.num_classes, o.hidden, o.dropout), o.lr_mult)

@@ -40,20 +40,6 @@ JAN_SOFTMAX_SIGMA2: float = 0.92**2
 
 
 
-def _check_rule(value, key: str) -> None:
-    if isinstance(value, float) and not (math.isfinite(value) and value > 0):
-        raise ConfigError(
-            f"plugins.mmd.{key} must be 'median', 'mean' or a finite sigma^2 > 0, got {value}"
-        )
-
-
-def _check_scales(value: list[float], key: str) -> None:
-    if any(not (math.isfinite(s) and s > 0) for s in value):
-        raise ConfigError(
-            f"plugins.mmd.{key} must hold finite multipliers > 0 (or be [] for the default), got {value}"
-        )
-
-
 class MMD:
     """Adds the squared (joint) MMD between the domains' representations as the term ``mmd``.
 
@@ -97,36 +83,28 @@ class MMD:
     class Options:
         """``[plugins.mmd]`` options."""
 
-        weight: float = tladapt.option(1.0, "coefficient λ of the MMD² term in the total loss (DAN/JAN: 1)")
+        weight: float = tladapt.option(1.0, "coefficient λ of the MMD² term in the total loss (DAN/JAN: 1)", ge=0)
         schedule: Literal["constant", "progressive"] = tladapt.option(
             "constant", "constant λ (DAN), or λ × (2/(1+exp(-γ p)) - 1) ramped from 0 over training "
                         "progress p (JAN, after DANN)")
-        gamma: float = tladapt.option(10.0, "schedule='progressive': steepness γ of the ramp (JAN: 10)")
+        gamma: float = tladapt.option(10.0, "schedule='progressive': steepness γ of the ramp (JAN: 10)", gt=0)
         layer: Literal["features", "logits", "joint"] = tladapt.option(
             "features", "what is aligned: backbone features (DAN), logits, or joint features+softmax (JAN)")
         estimator: Literal["biased", "unbiased", "linear"] = tladapt.option(
             "biased", "MMD² estimator (Gretton et al. 2012): V-statistic, U-statistic or linear-time")
         bandwidth: Literal["median", "mean"] | float = tladapt.option(
             "median", "base σ² of the Gaussian kernels: 'median' or 'mean' of the pooled squared "
-                      "distances of the batch, or a fixed σ² > 0")
+                      "distances of the batch, or a fixed σ² > 0", gt=0)
         scales: list[float] = tladapt.option(
             [], "kernel σ² = base × scale, one kernel each; [] = DAN's (0.25, 0.5, 1, 2, 4) for "
-                "median/mean, (1,) for a fixed σ²")
+                "median/mean, (1,) for a fixed σ²", gt=0)
         joint_bandwidth: Literal["median", "mean"] | float = tladapt.option(
             JAN_SOFTMAX_SIGMA2, "layer='joint': σ² rule of the kernel on the softmax outputs "
-                                "(JAN: one kernel, σ = 0.92, σ² = 0.8464)")
+                                "(JAN: one kernel, σ = 0.92, σ² = 0.8464)", gt=0)
         joint_scales: list[float] = tladapt.option(
-            [], "layer='joint': scales of the softmax kernel; [] = default as for `scales`")
+            [], "layer='joint': scales of the softmax kernel; [] = default as for `scales`", gt=0)
 
     def __init__(self, options: Options):
-        if not (math.isfinite(options.weight) and options.weight >= 0):
-            raise ConfigError(f"plugins.mmd.weight must be finite and >= 0, got {options.weight}")
-        if not (math.isfinite(options.gamma) and options.gamma > 0):
-            raise ConfigError(f"plugins.mmd.gamma must be finite and > 0, got {options.gamma}")
-        _check_rule(options.bandwidth, "bandwidth")
-        _check_rule(options.joint_bandwidth, "joint_bandwidth")
-        _check_scales(options.scales, "scales")
-        _check_scales(options.joint_scales, "joint_scales")
         self.options = options
 
     @staticmethod
@@ -134,17 +112,17 @@ class MMD:
         return tuple(value) if value else None
 
     @tladapt.hookimpl
-    def tladapt_setup(self, trainer):
-        """Check that the batch size suits the estimator.
+    def tladapt_check(self, config):
+        """Check, before any run, that the batch size suits the estimator.
 
         Raises:
             ConfigError: ``unbiased``/``linear`` estimator with ``trainer.batch_size < 2``.
         """
         o = self.options
-        if o.estimator in ("unbiased", "linear") and trainer.config.trainer.batch_size < 2:
+        if o.estimator in ("unbiased", "linear") and config.trainer.batch_size < 2:
             raise ConfigError(
                 f"plugins.mmd.estimator = {o.estimator!r} needs at least 2 samples per domain, "
-                f"but trainer.batch_size = {trainer.config.trainer.batch_size}"
+                f"but trainer.batch_size = {config.trainer.batch_size}"
             )
 
     @tladapt.hookimpl

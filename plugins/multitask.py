@@ -84,21 +84,32 @@ class MultiTask:
         self.options = options
 
     @tladapt.hookimpl
-    def tladapt_setup(self, trainer):
-        o, data = self.options, trainer.config.data
-        if trainer.target_labelled is not None and trainer.source_head is trainer.head:
+    def tladapt_check(self, config, task):
+        """Before any run: one head per task, labelled samples for the extra domains, and extra
+        domains other than the run's source and target.
+
+        Raises:
+            ConfigError: naming the option and what was expected.
+        """
+        o = self.options
+        if task.target_labelled is not None and task.shared_head:
             raise ConfigError("plugins.multitask trains one head per task, but source and target share one "
                               "(their classes agree): set model.shared_head = false")
-        k = o.labels_per_class or data.target_labels_per_class
-        if o.domains and k == 0:
+        if o.domains and (o.labels_per_class or config.data.target_labels_per_class) == 0:
             raise ConfigError("plugins.multitask.domains need labelled samples: set plugins.multitask."
                               "labels_per_class or data.target_labels_per_class > 0")
-        busy = {trainer.source.name, trainer.target.name}
-        self.tests: dict[str, tuple] = {}
-        self.heads: dict[str, nn.Module] = {}
+        busy = {d.name for d in (task.source, task.target) if d is not None}
         for name in o.domains:
             if name in busy:
                 raise ConfigError(f"plugins.multitask.domains: {name!r} is already the run's source or target")
+
+    @tladapt.hookimpl
+    def tladapt_setup(self, trainer):
+        o, data = self.options, trainer.config.data
+        k = o.labels_per_class or data.target_labels_per_class
+        self.tests: dict[str, tuple] = {}
+        self.heads: dict[str, nn.Module] = {}
+        for name in o.domains:
             labelled, rest = split_target(select_classes(load_domain(data.dataset, name), o.classes,
                                                          "plugins.multitask.classes"), k, trainer.seed)
             trainer.add_domain(name, labelled)

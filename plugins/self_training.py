@@ -315,40 +315,25 @@ class SelfTraining:
     class Options:
         """``[plugins.self_training]`` options."""
 
-        weight: float = tladapt.option(1.0, "coefficient of the pseudo-label loss (after warm-up and ramp)")
+        weight: float = tladapt.option(1.0, "coefficient of the pseudo-label loss (after warm-up and ramp)", ge=0)
         teacher: Literal["model", "ema"] = tladapt.option(
             "model", "who labels the target: 'model' (the current model's logits) or 'ema'")
         ema_decay: float = tladapt.option(
-            0.99, "EMA teacher decay α in [0, 1]: θ' <- α θ' + (1-α) θ after every step")
+            0.99, "EMA teacher decay α in [0, 1]: θ' <- α θ' + (1-α) θ after every step", ge=0, le=1)
         refresh_every: int = tladapt.option(
-            1, "recompute a target sample's pseudo-label when it is this many steps old")
+            1, "recompute a target sample's pseudo-label when it is this many steps old", ge=1)
         selection: Literal["threshold", "class_balanced"] = tladapt.option(
             "threshold", "'threshold' (fixed) or 'class_balanced' (CBST per-class)")
-        threshold: float = tladapt.option(0.9, "fixed confidence threshold in [0, 1] (selection = 'threshold')")
-        class_fraction: float = tladapt.option(0.5, "CBST portion p in (0, 1]: top fraction of each class selected")
-        warmup_steps: int = tladapt.option(0, "steps before the pseudo-label loss is used (its weight is 0)")
-        ramp_steps: int = tladapt.option(0, "steps of linear ramp of the pseudo-label weight after warm-up")
-        entropy_weight: float = tladapt.option(0.0, "coefficient of the target entropy term; 0 disables it")
+        threshold: float = tladapt.option(
+            0.9, "fixed confidence threshold in [0, 1] (selection = 'threshold')", ge=0, le=1)
+        class_fraction: float = tladapt.option(
+            0.5, "CBST portion p in (0, 1]: top fraction of each class selected", gt=0, le=1)
+        warmup_steps: int = tladapt.option(0, "steps before the pseudo-label loss is used (its weight is 0)", ge=0)
+        ramp_steps: int = tladapt.option(0, "steps of linear ramp of the pseudo-label weight after warm-up", ge=0)
+        entropy_weight: float = tladapt.option(0.0, "coefficient of the target entropy term; 0 disables it", ge=0)
 
     def __init__(self, options: Options | None = None):
         o = options if options is not None else self.Options()
-        where = "plugins.self_training"
-        checks = [
-            ("teacher", o.teacher in TEACHERS, f"one of {', '.join(map(repr, TEACHERS))}"),
-            ("selection", o.selection in SELECTIONS, f"one of {', '.join(map(repr, SELECTIONS))}"),
-            ("threshold", 0.0 <= o.threshold <= 1.0, "in [0, 1]"),
-            ("class_fraction", 0.0 < o.class_fraction <= 1.0, "in (0, 1]"),
-            ("ema_decay", 0.0 <= o.ema_decay <= 1.0, "in [0, 1]"),
-            ("refresh_every", o.refresh_every >= 1, "at least 1"),
-            ("warmup_steps", o.warmup_steps >= 0, "at least 0"),
-            ("ramp_steps", o.ramp_steps >= 0, "at least 0"),
-            ("weight", o.weight >= 0.0 and math.isfinite(o.weight), "finite and at least 0"),
-            ("entropy_weight", o.entropy_weight >= 0.0 and math.isfinite(o.entropy_weight),
-             "finite and at least 0"),
-        ]
-        for key, ok, expected in checks:
-            if not ok:
-                raise ConfigError(f"{where}.{key} must be {expected}, got {getattr(o, key)!r}")
         self.options = o
         self.teacher: nn.Module | None = None
         self.bank: PseudoLabelBank | None = None

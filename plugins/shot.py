@@ -75,11 +75,19 @@ class SHOT:
         self.refreshed_at = -1
 
     @tladapt.hookimpl
-    def tladapt_setup(self, trainer):
-        """Require a source model; freeze its head."""
-        if not trainer.config.model.init_from:
+    def tladapt_check(self, config):
+        """Before any run: SHOT needs a source model (``model.init_from``).
+
+        Raises:
+            ConfigError: without ``model.init_from``.
+        """
+        if not config.model.init_from:
             raise ConfigError("plugins.shot adapts a source model: set model.init_from to the source run "
                               "(and data.source_free = true for SHOT's source-free setting)")
+
+    @tladapt.hookimpl
+    def tladapt_setup(self, trainer):
+        """Freeze the source model's head (``freeze_head``)."""
         if self.options.freeze_head:
             trainer.head.requires_grad_(False)
         batch = trainer.config.trainer.batch_size

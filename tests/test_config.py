@@ -107,12 +107,20 @@ EXPERIMENTS = [p for p in TOMLS if p not in SPACES]
 @pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_every_experiment_config_validates(path, monkeypatch):
     import tladapt.experiment as experiment
+    import tladapt.preflight as preflight
 
     # model.init_from names runs made by an earlier config of the experiment: here only its
-    # fields are checked (a clean checkout has no runs)
+    # fields are checked (a clean checkout has no runs), not that the checkpoint fits
     fields = dict(source="s", target="t", task="s_to_t", seed=0)
     monkeypatch.setattr(experiment, "find_checkpoint", lambda spec, task, seed: spec.format(**fields))
-    config, _ = experiment.prepare(load_config(path))
+    monkeypatch.setattr(preflight, "_check_init_from", lambda *args: None)
+    config = load_config(path)
+    if config.plugins.get("finetune", {}).get("init", "source") == "source" and "finetune" in config.plugins \
+            and not config.model.init_from:  # completed by --init-from SOURCE_RUN on the command line
+        with pytest.raises(ConfigError, match="plugins.finetune.init = 'source' needs model.init_from"):
+            experiment.prepare(config)
+        return
+    config, _ = experiment.prepare(config)
     assert config.experiment.method
 
 

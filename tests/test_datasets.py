@@ -307,7 +307,7 @@ def test_user_dataset_by_module_and_function(tmp_path, monkeypatch):
         load_domain("my_da_data:make", "c")
     with pytest.raises(TypeError, match="expected a Domain"):
         load_domain("my_da_data:not_a_domain", "a")
-    with pytest.raises(ValueError, match="no callable 'missing'"):
+    with pytest.raises(ValueError, match="no function 'missing'"):
         load_domain("my_da_data:missing", "a")
     with pytest.raises(ValueError, match="cannot import module 'no_such_module_xyz'"):
         load_domain("no_such_module_xyz:make", "a")

@@ -347,7 +347,7 @@ def test_lr_mult_accepts_submodule_paths_and_frozen_parameters_get_no_update(fas
 def test_batch_size_is_checked_against_the_training_split_not_the_whole_source(fast_config):
     # webcam has 295 samples; with 10% held out for validation the training split has 265
     with pytest.raises(ConfigError, match=r"source domain 'webcam': trainer.batch_size=280 exceeds the domain's 265"):
-        make_trainer(fast_config("trainer.batch_size=280"), task=("webcam", "caltech"))
+        make_trainer(fast_config("trainer.batch_size=280", "data.tasks=['webcam->caltech']"), task=("webcam", "caltech"))
 
 
 def test_label_smoothing_of_the_source_loss(fast_config):

@@ -211,7 +211,8 @@ def office31(tmp_path, monkeypatch):
     """An Office-31 style folder (root/<domain>/images/<class>/) and a TORCH_HOME holding a
     (stand-in) ResNet-50 file where torchvision's cache keeps IMAGENET1K_V1."""
     root = tmp_path / "office31"
-    make_folder(tmp_path / "flat", domains=("amazon", "dslr", "webcam"), per_class=4, extras=False)
+    # 12 images per class: enough for the example's batch of 32 beside a stratified 10% source split
+    make_folder(tmp_path / "flat", domains=("amazon", "dslr", "webcam"), per_class=12, extras=False)
     for d in ("amazon", "dslr", "webcam"):
         (root / d).mkdir(parents=True)
         (tmp_path / "flat" / d).rename(root / d / "images")

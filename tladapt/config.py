@@ -73,6 +73,9 @@ class DataSection(Checked):
                        "as TLlib's ResizeImage)")
     cache_dir: str = option("", "image datasets: folder of the decoded caches; '': <root>/.tladapt-cache when "
                                 "writable, else ~/.cache/tladapt")
+    allow_same_domain: bool = option(
+        False, "allow a task whose source and target are one domain with the same classes (an in-domain "
+               "reference, not adaptation); refused by default as a likely typo")
     placement: Literal["auto", "device", "host"] = option(
         "auto", "where the domains live: device (on the training device), host (pinned memory, batches "
                 "copied one step ahead on a side stream; CUDA), auto (device when both fit in half the free "
@@ -228,7 +231,12 @@ class Config:
         if not self.data.tasks:
             raise ConfigError("data.tasks is empty: expected at least one 'source->target' task")
         for task in self.data.tasks:
-            parse_task(task)
+            source, target = parse_task(task)
+            same_classes = self.data.source_classes == self.data.target_classes
+            if source == target and same_classes and not self.data.allow_same_domain:
+                raise ConfigError(f"data.tasks entry {task!r}: the source and the target are the same domain "
+                                  f"with the same classes, which tests in-domain, not adaptation; set "
+                                  f"data.allow_same_domain = true if that is what you want")
         if not self.experiment.seeds:
             raise ConfigError("experiment.seeds is empty: expected at least one seed")
         _check_augment(self.augment)

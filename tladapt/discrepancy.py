@@ -222,8 +222,28 @@ def _positive(values, name: str, hint: str = "") -> list[float]:
     return values
 
 
+#: Set on the tensors :func:`kernel_bandwidths` returns: finite and > 0 by construction, so
+#: passing them on costs no check (and no host read inside a training step).
+_CHECKED = "_tladapt_checked"
+
+
+def _checked_tensor(t: torch.Tensor, name: str, hint: str = "") -> torch.Tensor:
+    """``t`` if every value is finite and > 0 (one host read unless ``t`` is marked :data:`_CHECKED`).
+
+    Raises:
+        ValueError: as :func:`_positive` does for numbers.
+    """
+    if not getattr(t, _CHECKED, False):
+        values = t.detach().reshape(-1)
+        if values.numel() == 0 or not bool((torch.isfinite(values) & (values > 0)).all()):
+            raise ValueError(f"{name} must be a non-empty list of finite values > 0, got "
+                             f"{values.cpu().tolist()}{hint}")
+    return t
+
+
 def _fixed_base(bandwidth, device, dtype) -> torch.Tensor:
-    if isinstance(bandwidth, torch.Tensor):  # a device tensor is used as given: checking it would sync
+    if isinstance(bandwidth, torch.Tensor):
+        bandwidth = _checked_tensor(bandwidth, "bandwidth (sigma^2)")
         return bandwidth.reshape(-1).to(device=device, dtype=dtype)
     values = _positive(bandwidth, "bandwidth (sigma^2)", "; use 'median' or 'mean' for a data-driven bandwidth")
     return _constant(tuple(values), torch.device(device), dtype)
@@ -233,7 +253,7 @@ def _scales(scales, data_driven: bool, device, dtype) -> torch.Tensor:
     if scales is None:
         scales = DAN_SCALES if data_driven else (1.0,)
     if isinstance(scales, torch.Tensor):
-        return scales.reshape(-1).to(device=device, dtype=dtype)
+        return _checked_tensor(scales, "scales").reshape(-1).to(device=device, dtype=dtype)
     return _constant(tuple(_positive(scales, "scales")), torch.device(device), dtype)
 
 
@@ -663,7 +683,9 @@ def kernel_bandwidths(
     _check_pair(source, target)
     x, y = _prepare([source, target])
     with _no_autocast(x):
-        return _sigma2(bandwidth, scales, x.detach(), y.detach())
+        sigma2 = _sigma2(bandwidth, scales, x.detach(), y.detach())
+    setattr(sigma2, _CHECKED, True)  # passed on to mmd/jmmd, it is not checked (read) again
+    return sigma2
 
 
 def mmd(
@@ -700,7 +722,9 @@ def mmd(
             are computed in float32).
         target: ``(m, d)`` floating tensor, same ``d``, device.
         bandwidth: ``sigma2`` rule: a fixed positive number or sequence (respected as
-            given), ``"median"`` (default) or ``"mean"`` of the pooled squared distances.
+            given), ``"median"`` (default) or ``"mean"`` of the pooled squared distances,
+            or a tensor of ``sigma2`` values: checked finite and > 0 like numbers (one
+            host read), except the output of :func:`kernel_bandwidths`, passed on unread.
         scales: multipliers of the base ``sigma2``; default :data:`DAN_SCALES` for a
             data-driven base, ``(1.0,)`` for a fixed one.
         estimator: ``"biased"`` (default), ``"unbiased"`` or ``"linear"``.

@@ -21,6 +21,7 @@ from tladapt.manager import PluginInfo, available_plugins, make_plugin_manager, 
 from tladapt.models import check_model
 from tladapt.data.domain import Domain
 from tladapt.errors import RunInterrupted
+from tladapt.preflight import check_tasks
 from tladapt.progress import Progress
 from tladapt.runs import (atomic_write_bytes, clean_temp_files, find_checkpoint, find_run, find_run_dirs, new_run_dir,
                           read_status, slug, write_json, write_status)
@@ -50,8 +51,10 @@ def prepare(config: Config, plugins: Iterable[str | type] = ()) -> tuple[Config,
             that no validator or accuracy provides,
             plugins that need source data in a source-free run, a missing
             ``model.init_from`` checkpoint for some task and seed,
-            or an image dataset that cannot be read (its caches are built here, see
-            :func:`tladapt.data.images.prepare_images`).
+            an image dataset that cannot be read (its caches are built here, see
+            :func:`tladapt.data.images.prepare_images`), or anything
+            :func:`tladapt.preflight.check_tasks` finds in a task: domains, batch size,
+            model, optimizer, plugins' ``tladapt_check``.
     """
     available, _ = available_plugins(plugins)
     active = resolve_active(available, config.plugins)
@@ -92,6 +95,7 @@ def prepare(config: Config, plugins: Iterable[str | type] = ()) -> tuple[Config,
         or "source_only"
     config = dataclasses.replace(config, experiment=dataclasses.replace(config.experiment, method=method),
                                  plugins={info.name: info.resolve(table) for info, table in enabled})
+    check_tasks(config, pm)  # every task's data, model, optimizer and plugin checks (tladapt.preflight)
     return config, active
 
 

@@ -7,6 +7,8 @@ nested ``Options`` dataclass is constructed as ``Plugin(options)`` with the valu
 of its ``[plugins.<name>]`` config table; without one, as ``Plugin()``. One
 instance lives for one run (one task and seed), so it may keep per-run state.
 
+Before any run of a command, for every config and task:  tladapt_check
+
 Call order for one run::
 
     tladapt_validators -> tladapt_transform_domains -> tladapt_setup -> tladapt_fit_start
@@ -26,6 +28,33 @@ from __future__ import annotations
 import pluggy
 
 hookspec = pluggy.HookspecMarker("tladapt")
+
+
+@hookspec
+def tladapt_check(config, task):
+    """Check the plugin's options against the rest of the config and a task's data, before any run.
+
+    Called for every task of every config of a command before the first run directory
+    exists, so a command with a bad combination fails before any training. Checks of one
+    option belong in the ``Options`` dataclass (``tladapt.option(..., ge=0)``); checks that
+    involve the plugin's options together belong in its ``__init__`` (also run before any
+    run); this hook is for checks against the config (``config.trainer.batch_size``,
+    ``config.model.init_from``, ...) and the task's data and model shapes.
+
+    Args:
+        config: the resolved :class:`tladapt.config.Config`.
+        task: a :class:`tladapt.preflight.TaskPreview`: the task's splits on the CPU
+            (``source``, ``source_val``, ``target``, ``target_labelled``, as the trainer
+            names them) and the backbone and head built on the ``meta`` device
+            (``backbone``, ``head``, ``modules``, ``feature_dim``, ``num_classes``),
+            and ``shared_head`` (one head classifies both domains).
+
+    Returns:
+        None.
+
+    Raises:
+        tladapt.errors.ConfigError: naming ``plugins.<name>.<key>`` and what was expected.
+    """
 
 
 @hookspec

@@ -104,7 +104,15 @@ def domain_adversarial_loss(
     Returns:
         ``(loss, accuracy)``: 0-dim tensors, float32 for half-precision logits; accuracy (fraction in [0, 1],
         threshold at logit 0) is detached and meant for logging.
+
+    Raises:
+        ValueError: for logits of another shape than ``(n,)`` or ``(n, 1)`` (e.g. a
+            discriminator with two outputs, which ``reshape(-1)`` would silently mix).
     """
+    for name, d in (("d_source", d_source), ("d_target", d_target)):
+        if not (d.ndim == 1 or (d.ndim == 2 and d.shape[1] == 1)):
+            raise ValueError(f"{name}: a domain discriminator's logits must have shape (n,) or (n, 1), one logit "
+                             f"per sample; got {tuple(d.shape)}")
     d_source, d_target = _full_precision(d_source.reshape(-1)), _full_precision(d_target.reshape(-1))
     bce_s = F.binary_cross_entropy_with_logits(d_source, torch.zeros_like(d_source), reduction="none")
     bce_t = F.binary_cross_entropy_with_logits(d_target, torch.ones_like(d_target), reduction="none")

@@ -282,3 +282,35 @@ def call_each(hook: pluggy.HookCaller, **kwargs) -> list[tuple[str, Any]]:
         if result is not None:
             results.append((impl.plugin_name, result))
     return results
+
+
+def hook_frames(pm: pluggy.PluginManager, where) -> list[tuple[str, str]]:
+    """``(plugin name, hook name)`` of each registered hook implementation running in ``where``.
+
+    Args:
+        pm: the plugin manager whose implementations to look for.
+        where: a frame (the stack from it up to the outermost call) or a traceback (the
+            frames from the outermost call down to where the exception was raised).
+
+    Returns:
+        The matches, outermost first (the last one is the plugin code nearest the frame or
+        the raise); ``[]`` when no plugin code is on that stack.
+    """
+    codes = {}
+    for name in dir(pm.hook):
+        if name.startswith(PROJECT + "_"):
+            for impl in getattr(pm.hook, name).get_hookimpls():
+                code = getattr(getattr(impl.function, "__func__", impl.function), "__code__", None)
+                if code is not None:
+                    codes[code] = (impl.plugin_name, name)
+    frames = []
+    if hasattr(where, "tb_frame"):
+        while where is not None:
+            frames.append(where.tb_frame)
+            where = where.tb_next
+    else:
+        while where is not None:
+            frames.append(where)
+            where = where.f_back
+        frames.reverse()
+    return [codes[f.f_code] for f in frames if f.f_code in codes]

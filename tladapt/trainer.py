@@ -22,6 +22,7 @@ from torch import nn
 
 from tladapt import checkpoint, distributed, signals
 from tladapt.config import Config, ConfigError
+from tladapt.contract import Contract
 from tladapt.data.augment import attach
 from tladapt.data.domain import Domain
 from tladapt.data.pipeline import Batch, PairedPipeline, resolve_placement
@@ -195,6 +196,7 @@ class Trainer:
         self.logger.writer.add_custom_scalars(scalars_layout())  # TensorBoard opens the run on what matters
 
         self.extra_domains: dict[str, Domain] = {}
+        self.contract = Contract(pm)
         pm.hook.tladapt_setup(trainer=self)
         if self.extra_domains:
             self.pipeline = self._make_pipeline()
@@ -331,7 +333,12 @@ class Trainer:
         return self.extra_domains[name]
 
     def log(self, tag: str, value: torch.Tensor | float) -> None:
-        """Log a per-step scalar under ``tag``; averaged over ``log_every`` steps, no host sync."""
+        """Log a per-step scalar under ``tag``; averaged over ``log_every`` steps, no host sync.
+
+        Raises:
+            PluginError: when two plugins (or a plugin and the trainer) write the same tag.
+        """
+        self.contract.tag(tag)
         self.logger.log(tag, value)
 
     def histogram(self, tag: str, values: torch.Tensor) -> None:
@@ -380,6 +387,8 @@ class Trainer:
             raise PluginError(f"plugins {' and '.join(n for n, _ in weights)} both returned source weights")
         terms: dict[str, Term] = {}
         owner: dict[str, str] = {}
+        if weights:
+            self.contract.source_weights(*weights[0], batch.x_s.shape[0])
         if batch.y_s is not None:  # none when data.source_labels = false
             ce = F.cross_entropy(out.logits_s, batch.y_s, reduction="none",
                                  label_smoothing=self.config.trainer.label_smoothing)
@@ -396,6 +405,7 @@ class Trainer:
                     raise PluginError(f"loss term {name!r} is returned by both {owner[name]!r} and {plugin!r}")
                 if not isinstance(term, Term):
                     raise PluginError(f"plugin {plugin!r}: loss term {name!r} must be a tladapt.Term, got {type(term).__name__}")
+                self.contract.term(plugin, name, term)
                 terms[name], owner[name] = term, plugin
         balanced = call_each(hook.tladapt_balance_losses, trainer=self, terms=dict(terms))
         if len(balanced) > 1:
@@ -455,6 +465,7 @@ class Trainer:
             self.log(f"loss/{name}", term.value)
         self.log("loss/total", total)
         self.log("train/lr", self.optimizer.param_groups[0]["lr"])
+        self.contract.first_step = False  # shapes are static: the contract's shape checks are done
         return total
 
     def start(self) -> None:
@@ -645,11 +656,12 @@ class Trainer:
             hits = self.predict(self.source_val, self.source_head) == self.source_val.y
             metrics["source_val_acc"] = 100.0 * hits.float().mean().item()
         metrics.update(self.validators.scores(self))
-        self.pm.hook.tladapt_evaluate(trainer=self, metrics=metrics, target_labels=self._target_labels)
+        self.contract.evaluate(metrics, trainer=self, target_labels=self._target_labels)
         self.modules.train()
         tagged = {}
         for key, value in metrics.items():
             tag = key if "/" in key else ("oracle/target_acc" if key == "target_acc" else f"metrics/{key}")
+            self.contract.metric_tag(key, tag)
             tagged[tag] = float(value)
         self.logger.scalars(tagged, self.step + 1)
         return tagged

@@ -347,9 +347,13 @@ def _load_user_domain(spec: str, domain: str) -> Domain:
     except ImportError as exc:
         raise ValueError(f"dataset {spec!r}: cannot import module {module_name!r}: {exc}") from exc
     func = getattr(module, attr, None)
-    if not callable(func):
-        raise ValueError(f"dataset {spec!r}: module {module_name!r} has no callable {attr!r}")
-    result = func(domain)
+    if not callable(func) or isinstance(func, type):
+        raise ValueError(f"dataset {spec!r}: module {module_name!r} has no function {attr!r} (found "
+                         f"{type(func).__name__}): expected a function(domain_name) -> Domain")
+    try:
+        result = func(domain)
+    except Exception as exc:  # the user's code: say which key ran it
+        raise ValueError(f"data.dataset = {spec!r}: {attr}({domain!r}) raised {type(exc).__name__}: {exc}") from exc
     if not isinstance(result, Domain):
         raise TypeError(
             f"dataset {spec!r}: {attr}({domain!r}) returned {type(result).__name__}, expected a Domain"

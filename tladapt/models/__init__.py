@@ -112,7 +112,14 @@ def _feature_extractor(name, input_shape, hidden, dropout, weights) -> nn.Module
         factory = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as err:
         raise ValueError(f"model.backbone {name!r} could not be imported: {err}") from err
-    backbone = factory(input_shape=tuple(input_shape), hidden=list(hidden), dropout=dropout)
+    if not callable(factory):
+        raise ValueError(f"model.backbone {name!r} names a {type(factory).__name__}, expected a function (or an "
+                         f"nn.Module class) called as {attr}(input_shape=..., hidden=..., dropout=...)")
+    try:
+        backbone = factory(input_shape=tuple(input_shape), hidden=list(hidden), dropout=dropout)
+    except Exception as err:  # the user's code: say which key ran it
+        raise ValueError(f"model.backbone {name!r}: {attr}(input_shape={tuple(input_shape)}, ...) raised "
+                         f"{type(err).__name__}: {err}") from err
     if not isinstance(backbone, nn.Module) or not isinstance(getattr(backbone, "out_features", None), int):
         raise ValueError(
             f"model.backbone {name!r} must return an nn.Module with an int attribute out_features"

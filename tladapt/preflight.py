@@ -1,0 +1,180 @@
+"""Every check that can be made before training, for every task of a config, before any run directory.
+
+:func:`check_tasks` loads each task's domains (on the CPU), splits them as a run
+would, checks the batch size against every domain a run samples, builds the backbone
+and head on PyTorch's ``meta`` device (no memory, no weights) and passes a batch's
+shapes through them, checks ``model.init_from`` against that model, builds the
+optimizer, and calls every active plugin's ``tladapt_check`` hook with a
+:class:`TaskPreview` for its own cross-field checks. A seed changes which samples a
+split holds, never how many, so one seed stands for all.
+
+What cannot be known before training stays with the run: metric tags that plugins add
+at evaluation (``trainer.keep_best`` on a plugin's tag), learning-rate multipliers of
+modules that plugins register in ``tladapt_setup``, a loss that diverges.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+import pluggy
+import torch
+from torch import nn
+
+from tladapt import checkpoint
+from tladapt.config import Config, ConfigError
+from tladapt.data.augment import attach
+from tladapt.data.domain import Domain
+from tladapt.data.pipeline import PairedPipeline
+from tladapt.data.tasks import load_task, split_task
+from tladapt.models import build_backbone
+from tladapt.runs import find_checkpoint
+
+__all__ = ["TaskPreview", "check_tasks", "check_task"]
+
+
+@dataclass(frozen=True)
+class TaskPreview:
+    """What a plugin's ``tladapt_check`` sees of one task before any run starts.
+
+    The domains are the splits a run of this task trains on, on the CPU, with the
+    trainer's attribute names; the model is built on the ``meta`` device (shapes only:
+    parameters hold no values and cannot be read).
+
+    Attributes:
+        task: ``"source->target"``.
+        source: the source training split (unlabelled with ``data.source_labels = false``;
+            None in a source-free run).
+        source_val: the held-out source split, or None.
+        target: the unlabelled target (what plugins train on).
+        target_labelled: the k-shot labelled target subset, or None.
+        backbone: the backbone on the meta device; ``backbone.out_features`` is ``feature_dim``.
+        head: the target's classifier head (``nn.Linear``) on the meta device.
+        modules: ``nn.ModuleDict(backbone=..., head=...)``, as ``trainer.modules`` before
+            any plugin registers its own.
+        feature_dim: the backbone's output size.
+        num_classes: the target head's classes.
+        shared_head: True when the source and target are classified by one head
+            (``trainer.source_head is trainer.head``); False for a different target task
+            or ``model.shared_head = false``.
+    """
+
+    task: str
+    source: Domain | None
+    source_val: Domain | None
+    target: Domain
+    target_labelled: Domain | None
+    backbone: nn.Module
+    head: nn.Module
+    modules: nn.ModuleDict
+    feature_dim: int
+    num_classes: int
+    shared_head: bool
+
+
+def check_tasks(config: Config, pm: pluggy.PluginManager) -> None:
+    """:func:`check_task` for every task of ``config``.
+
+    Raises:
+        ConfigError: the first problem, naming the task, the key and what was expected.
+    """
+    for task in config.data.tasks:
+        check_task(config, pm, task)
+
+
+def check_task(config: Config, pm: pluggy.PluginManager, task: str) -> TaskPreview:
+    """Check one task of ``config`` as a run of it would use it (module docstring).
+
+    Args:
+        config: the resolved config (``prepare``).
+        pm: a plugin manager with the config's active plugins (their ``tladapt_check``).
+        task: one of ``config.data.tasks``.
+
+    Returns:
+        The :class:`TaskPreview` the plugins were given.
+
+    Raises:
+        ConfigError: naming ``task`` and the key: domains that do not load or do not form a
+            task, a batch size larger than a domain, a backbone that cannot be built or does
+            not map a batch of inputs to ``(b, out_features)``, an optimizer that rejects its
+            options, ``model.init_from`` or ``trainer.lr_mult`` not fitting the model, or a
+            plugin's own check.
+    """
+    data, cfg = config.data, config.trainer
+    try:
+        source, target = load_task(data, task)
+        source = None if source is None else attach(source, config.augment)
+        target = attach(target, config.augment)
+        splits = split_task(data, source, target, config.experiment.seeds[0])
+        target_rest = splits.target_rest.unlabelled()
+        PairedPipeline(splits.source, target_rest, cfg.batch_size, 0, cfg.replacement, labelled=splits.target_labelled)
+    except ConfigError as err:
+        raise ConfigError(f"task {task!r}: {err}") from None
+    except (ValueError, TypeError) as err:
+        raise ConfigError(f"task {task!r} of data.dataset = {data.dataset!r}: {err}") from None
+    backbone, head = _meta_model(config, target_rest.input_shape, len(target_rest.classes))
+    modules = nn.ModuleDict({"backbone": backbone, "head": head})
+    _check_optimizer(config, modules)
+    if config.model.init_from:
+        _check_init_from(config.model.init_from, task, config.experiment.seeds[0], modules)
+    source = splits.source
+    shared = source is None or source.y is None or (splits.shared_head and config.model.shared_head)
+    preview = TaskPreview(task, source, splits.source_val, target_rest, splits.target_labelled,
+                          backbone, head, modules, backbone.out_features, len(target_rest.classes), shared)
+    try:
+        pm.hook.tladapt_check(config=config, task=preview)
+    except ConfigError as err:
+        raise ConfigError(f"task {task!r}: {err}") from None
+    return preview
+
+
+def _meta_model(config: Config, input_shape: tuple[int, ...], num_classes: int) -> tuple[nn.Module, nn.Module]:
+    """Backbone and head on the meta device, with a batch's shapes passed through them."""
+    m = config.model
+    try:
+        with torch.device("meta"):
+            backbone = build_backbone(m.backbone, input_shape, m.hidden, m.dropout, "", m.bottleneck)  # weights: checked by prepare
+            head = nn.Linear(backbone.out_features, num_classes)
+    except ConfigError:
+        raise
+    except Exception as err:  # a user's module:function backbone may raise anything
+        raise ConfigError(f"model.backbone = {m.backbone!r} cannot be built for inputs of shape {input_shape}: "
+                          f"{type(err).__name__}: {err}") from None
+    batch = torch.empty((2, *input_shape), device="meta")
+    try:
+        features = backbone.eval()(batch)
+    except Exception as err:
+        raise ConfigError(f"model.backbone = {m.backbone!r} does not take inputs of shape {input_shape}: "
+                          f"{type(err).__name__}: {err}") from None
+    if tuple(features.shape) != (2, backbone.out_features):
+        raise ConfigError(f"model.backbone = {m.backbone!r} maps a batch of 2 inputs of shape {input_shape} to "
+                          f"{tuple(features.shape)}, expected (2, out_features) = (2, {backbone.out_features})")
+    return backbone, head
+
+
+def _check_optimizer(config: Config, modules: nn.ModuleDict) -> None:
+    """Build the run's optimizer over the meta parameters; check ``trainer.lr_mult`` paths into
+    the backbone and head (other keys name plugin modules, checked when they are registered)."""
+    cfg = config.trainer
+    names = [n for n, _ in modules.named_parameters()]
+    for key in cfg.lr_mult:
+        if key.split(".")[0] in modules and not any(n == key or n.startswith(key + ".") for n in names):
+            raise ConfigError(f"trainer.lr_mult names unknown module {key!r}: the model's parameters are under "
+                              f"{', '.join(sorted({n.rsplit('.', 1)[0] for n in names}))}")
+    try:
+        if cfg.optimizer == "sgd":
+            torch.optim.SGD(modules.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        else:
+            torch.optim.Adam(modules.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    except ValueError as err:
+        raise ConfigError(f"trainer.optimizer = {cfg.optimizer!r} rejects its options: {err}") from None
+
+
+def _check_init_from(path: str, task: str, seed: int, modules: nn.ModuleDict) -> None:
+    """``model.init_from`` loads safely and its backbone fits the model's shapes (that every task
+    and seed has its checkpoint is checked by ``prepare``)."""
+    saved = checkpoint.load(find_checkpoint(path, task, seed), f"model.init_from={path!r}")["modules"]
+    shapes = {k: tuple(v.shape) for k, v in modules.state_dict().items()}
+    wrong = [f"{k}: {tuple(v.shape)} there, {shapes[k]} here" for k, v in saved.items()
+             if k.startswith("backbone.") and k in shapes and tuple(v.shape) != shapes[k]]
+    if wrong:
+        raise ConfigError(f"model.init_from={path!r} does not fit this model: {'; '.join(wrong)}")
