@@ -11,7 +11,7 @@ import torch
 import tladapt
 from tladapt import checkpoint
 from tladapt.cli import main
-from tladapt.errors import RunInterrupted
+from tladapt.errors import RunFailed, RunInterrupted
 from tladapt.experiment import run_experiment
 from tladapt.tables import collect_results
 from tladapt.runs import read_status
@@ -37,7 +37,8 @@ def test_status_follows_a_run_and_a_failed_run_keeps_its_traceback(fast_config, 
     assert status.config_id == ok["config_id"] and not status.live
     plugin = tmp_path / "boom.py"
     plugin.write_text("import tladapt\n\n" + __import__("inspect").getsource(Boom))
-    with pytest.raises(ZeroDivisionError):
+    with pytest.raises(RunFailed, match=r"plugin 'boom' raised ZeroDivisionError in tladapt_losses at step 3: boom "
+                                        r"at step 3 \(run .* is marked failed, its traceback is in .*traceback.txt"):
         run_experiment(fast_config("trainer.checkpoint_every=2", "plugins.boom={}"), [str(plugin)])
     [failed] = [p.parent for p in Path(fast_config().experiment.runs_dir).rglob("config.json") if "boom" in str(p)]
     status = read_status(failed)

@@ -33,3 +33,25 @@ class RunInterrupted(Exception):
         self.signum, self.run_dir, self.step, self.steps = signum, run_dir, step, steps
         where = f" at step {step} of {steps} of run {run_dir}" if run_dir is not None else " between runs"
         super().__init__(f"interrupted by signal {signum}{where}")
+
+
+class RunFailed(RuntimeError):
+    """An exception stopped a run: raised in a plugin's hook or elsewhere in training; the run
+    is marked ``failed`` with its traceback in ``traceback.txt`` (exit status 1). The original
+    exception is the ``__cause__``.
+
+    Attributes:
+        error: the original exception.
+        run_dir: the failed run's directory.
+        step: the training step under way (counted from 0), or None before the first step.
+        plugin, hook: the plugin and hook that raised, or None when no plugin code raised.
+    """
+
+    def __init__(self, error: BaseException, run_dir, step: int | None = None, plugin: str | None = None,
+                 hook: str | None = None):
+        self.error, self.run_dir, self.step, self.plugin, self.hook = error, run_dir, step, plugin, hook
+        who = f"plugin {plugin!r} raised {type(error).__name__} in {hook}" if plugin else \
+            f"the run raised {type(error).__name__}"
+        when = " before the first step" if step is None else f" at step {step}"
+        super().__init__(f"{who}{when}: {error} (run {run_dir} is marked failed, its traceback is in "
+                         f"{run_dir}/traceback.txt; --debug shows it here)")

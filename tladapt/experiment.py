@@ -17,10 +17,10 @@ from tladapt.data.augment import resolve_spec
 from tladapt.data.datasets import DATASETS, DIGITS_FORMAT
 from tladapt.data.images import is_image_dataset, prepare_images
 from tladapt.data.tasks import check_class_options, load_task
-from tladapt.manager import PluginInfo, available_plugins, make_plugin_manager, resolve_active
+from tladapt.manager import PluginInfo, available_plugins, hook_frames, make_plugin_manager, resolve_active
 from tladapt.models import check_model
 from tladapt.data.domain import Domain
-from tladapt.errors import RunInterrupted
+from tladapt.errors import PluginError, RunFailed, RunInterrupted, TrainingDiverged
 from tladapt.preflight import check_tasks
 from tladapt.progress import Progress
 from tladapt.runs import (atomic_write_bytes, clean_temp_files, find_checkpoint, find_run, find_run_dirs, new_run_dir,
@@ -275,7 +275,11 @@ def execute_run(config: Config, active: list[tuple[PluginInfo, dict]], task: str
         The run's results (its ``results.json``).
 
     Raises:
-        whatever stopped the run, after recording it in ``status.json``.
+        RunFailed: for an exception raised in a plugin's hook or elsewhere in the run, naming
+            the plugin, the hook and the step (chained to the original exception); the
+            library's own errors (``ConfigError``, ``PluginError``, ``TrainingDiverged``),
+            ``RunInterrupted`` and ``KeyboardInterrupt`` propagate as they are. Whatever
+            stopped the run is recorded in ``status.json`` first.
     """
     main = distributed.context().main
     file = run_dir / "checkpoint.pt"
@@ -285,9 +289,9 @@ def execute_run(config: Config, active: list[tuple[PluginInfo, dict]], task: str
     status(run_dir, "running", dataset=config.data.dataset, task=task, method=config.experiment.method,
            seed=seed, config_id=config.fingerprint(), steps=config.trainer.steps,
            step=0 if state is None else state["step"])
+    pm, trainer = make_plugin_manager(active), None
     try:
-        trainer = Trainer(config, source, target, make_plugin_manager(active), run_dir, seed,
-                          source_name=parse_task(task)[0], resume=state)
+        trainer = Trainer(config, source, target, pm, run_dir, seed, source_name=parse_task(task)[0], resume=state)
         results = trainer.fit(progress)
     except RunInterrupted as stop:
         status(run_dir, "interrupted", step=stop.step)
@@ -299,11 +303,22 @@ def execute_run(config: Config, active: list[tuple[PluginInfo, dict]], task: str
         if main:
             atomic_write_bytes(run_dir / "traceback.txt", lambda f: f.write(traceback.format_exc().encode()))
         status(run_dir, "failed", error=f"{type(err).__name__}: {err}", traceback="traceback.txt")
-        raise
+        _raise_failed(err, pm, run_dir, trainer)
     status(run_dir, "finished", step=config.trainer.steps)
     if on_run is not None:
         on_run(trainer, results)
     return results
+
+
+def _raise_failed(err: BaseException, pm, run_dir: Path, trainer: Trainer | None) -> None:
+    """Re-raise what stopped a run: the library's own errors, ``KeyboardInterrupt`` and the
+    like as they are; anything else as :class:`RunFailed` naming the plugin and hook whose
+    code raised (found in the traceback) and the step."""
+    if isinstance(err, (ConfigError, PluginError, TrainingDiverged)) or not isinstance(err, Exception):
+        raise err
+    plugin, hook = (hook_frames(pm, err.__traceback__) or [(None, None)])[-1]
+    step = None if trainer is None or hook in ("tladapt_setup", "tladapt_fit_start") else trainer.step
+    raise RunFailed(err, run_dir, step, plugin, hook) from err
 
 
 def execute_together(config: Config, active: list[tuple[PluginInfo, dict]], specs: list[RunSpec],
@@ -314,9 +329,12 @@ def execute_together(config: Config, active: list[tuple[PluginInfo, dict]], spec
     (named in a warning: the caller then trains them one by one, in the same directories).
     """
 
+    trainers: list[Trainer] = []
+
     def make_trainer(spec: RunSpec) -> Trainer:
-        return Trainer(spec.config, spec.source, spec.target, make_plugin_manager(spec.active), spec.run_dir,
-                       spec.seed, source_name=parse_task(spec.task)[0])
+        trainers.append(Trainer(spec.config, spec.source, spec.target, make_plugin_manager(spec.active),
+                                spec.run_dir, spec.seed, source_name=parse_task(spec.task)[0]))
+        return trainers[-1]
 
     for spec in specs:
         write_status(spec.run_dir, "running", dataset=config.data.dataset, task=spec.task,
@@ -336,7 +354,9 @@ def execute_together(config: Config, active: list[tuple[PluginInfo, dict]], spec
         for spec in specs:
             atomic_write_bytes(spec.run_dir / "traceback.txt", lambda f: f.write(traceback.format_exc().encode()))
             write_status(spec.run_dir, "failed", error=f"{type(err).__name__}: {err}", traceback="traceback.txt")
-        raise
+        first = trainers[0] if trainers else None  # the runs share one step: the first one names them
+        _raise_failed(err, make_plugin_manager(specs[0].active) if first is None else first.pm, specs[0].run_dir,
+                      first)
     if results is not None:
         for spec in specs:
             write_status(spec.run_dir, "finished", step=config.trainer.steps)

@@ -158,25 +158,52 @@ def load_cli_plugin(spec: str) -> PluginInfo:
         else:
             module = importlib.import_module(target)
             default_name = target.rsplit(".", 1)[-1]
+    except SyntaxError as err:
+        raise ConfigError(f"-p {spec}: {err.filename}:{err.lineno}: SyntaxError: {err.msg}") from None
+    except ConfigError:
+        raise
     except ImportError as err:
         raise ConfigError(f"-p {spec}: cannot import: {err}") from None
+    except Exception as err:  # the plugin's module raised while it was imported
+        raise ConfigError(f"-p {spec}: {_raised_at(err)}: {type(err).__name__}: {err}") from None
     cls = _plugin_class(module, spec, attr or None)
     return PluginInfo(getattr(cls, "name", default_name), cls, f"-p {spec}")
 
 
-def installed_plugins() -> dict[str, PluginInfo]:
-    """All plugins registered under the entry-point group ``tladapt``, by name.
+def _raised_at(err: BaseException) -> str:
+    """``file:line`` of the innermost frame of ``err``'s traceback."""
+    tb = err.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return f"{tb.tb_frame.f_code.co_filename}:{tb.tb_lineno}" if tb is not None else "?"
 
-    Raises:
-        ConfigError: if an entry point fails to load (naming it).
+
+#: Installed plugins whose entry point failed to import at the last :func:`installed_plugins`
+#: call: name -> the error, said once per process on stderr and again when a config asks for one.
+BROKEN: dict[str, str] = {}
+
+
+def installed_plugins() -> dict[str, PluginInfo]:
+    """All plugins registered under the entry-point group ``tladapt`` that import, by name.
+
+    A plugin whose entry point fails to import (a broken third-party package) does not
+    break the commands that do not use it: it is left out with a warning on stderr (once
+    per process) and recorded in :data:`BROKEN`, and :func:`resolve_active` fails only
+    when a config enables it.
     """
     found = {}
     for ep in importlib.metadata.entry_points(group=PROJECT):
+        dist = f"{ep.dist.name} {ep.dist.version}" if ep.dist else "?"
         try:
             cls = ep.load()
-        except Exception as err:  # a broken third-party plugin must say which one
-            raise ConfigError(f"entry point {ep.name} = {ep.value!r} failed to load: {err}") from err
-        dist = f"{ep.dist.name} {ep.dist.version}" if ep.dist else "?"
+        except Exception as err:  # a broken third-party plugin must say which one, and only matter when used
+            error = f"entry point {ep.name} = {ep.value!r} of {dist} failed to import: {type(err).__name__}: {err}"
+            if BROKEN.get(ep.name) != error:
+                print(f"tladapt: warning: {error} (commands that do not use plugin {ep.name!r} are unaffected)",
+                      file=sys.stderr)
+            BROKEN[ep.name] = error
+            continue
+        BROKEN.pop(ep.name, None)
         found[ep.name] = PluginInfo(ep.name, cls, f"entry point of {dist}")
     return found
 
@@ -224,6 +251,9 @@ def resolve_active(plugins: dict[str, PluginInfo], tables: dict[str, dict]) -> l
             any training).
     """
     for name in tables:
+        if name not in plugins and name in BROKEN:
+            raise ConfigError(f"[plugins.{name}] enables plugin {name!r}, which is installed but broken: "
+                              f"{BROKEN[name]}; fix or reinstall its package")
         if name not in plugins:
             raise ConfigError(f"unknown plugin {name!r} in [plugins.{name}]: available plugins are "
                               f"{', '.join(sorted(plugins)) or '(none)'} (load one from a file or module with -p)")

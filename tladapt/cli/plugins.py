@@ -21,7 +21,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def main(args) -> int:
     """Run ``tladapt plugins``; returns the exit status."""
-    from tladapt.manager import available_plugins
+    from tladapt.manager import BROKEN, available_plugins
 
     plugins, _ = available_plugins(args.plugin)
     if not plugins:
@@ -39,6 +39,8 @@ def main(args) -> int:
             print("  " + tabulate(rows, headers=["option", "type", "default", "range", "help"],
                                   tablefmt="plain", disable_numparse=True).replace("\n", "\n  "))
         print()
+    for name, error in sorted(BROKEN.items()):
+        print(f"{name}  (BROKEN: {error})\n")
     _print_validators(plugins)
     return 0
 
