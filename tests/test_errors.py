@@ -1,6 +1,7 @@
 """Errors people can act on: a plugin that raises, a broken -p file or installed plugin, a closed
-pipe."""
+pipe; and what results.json and config.json record about where a run's numbers come from."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -117,3 +118,24 @@ def test_tladapt_piped_into_a_closed_reader_prints_no_traceback():
     err = proc.stderr.read()
     assert proc.wait(timeout=300) == 141 and "Traceback" not in err and "BrokenPipeError" not in err
 
+
+def test_results_and_config_record_provenance(fast_config):
+    [r] = run_experiment(fast_config("plugins.dann.hidden=[8]", "trainer.eval_every=10"))
+    run_dir = Path(r["run_dir"])
+    saved = json.loads((run_dir / "config.json").read_text())["provenance"]
+    import numpy
+    import torch
+
+    import tladapt
+    assert (saved["tladapt"], saved["torch"], saved["numpy"]) == (tladapt.__version__, torch.__version__,
+                                                                  numpy.__version__)
+    assert saved["plugins"]["dann"]["origin"].startswith("entry point of tladapt")
+    assert saved["plugins"]["dann"]["class"] == "tladapt_plugins.dann:DANN" and len(saved["plugins"]["dann"]["sha1"]) == 12
+    assert saved["run_dir"] == str(run_dir.relative_to(fast_config().experiment.runs_dir))
+    assert saved["git"]["tladapt"] is None or len(saved["git"]["tladapt"]["commit"]) == 40
+    p = r["provenance"]
+    assert p["device"] == "cpu" and p["threads"] == torch.get_num_threads() and p["command"] == saved["command"]
+    wall = p["wall_seconds"]
+    assert set(wall) == {"setup", "fit_start", "train", "evaluate", "checkpoint", "total"}
+    assert all(v >= 0 for v in wall.values()) and wall["total"] == pytest.approx(
+        sum(v for k, v in wall.items() if k != "total"), abs=0.01)

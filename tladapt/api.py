@@ -174,19 +174,6 @@ def run(*configs: str | Path | dict | Config, set: Sequence[str] = (), seeds: st
     return trained
 
 
-def _numpy_arrays() -> list:
-    """What ``weights_only`` loading may rebuild besides tensors: plain numpy arrays (older
-    checkpoints hold numpy's RNG state as one); no class, no callable of the file's choosing."""
-    import numpy as np
-
-    try:
-        from numpy._core.multiarray import _reconstruct  # numpy >= 2
-    except ImportError:
-        from numpy.core.multiarray import _reconstruct
-
-    return [_reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
-
-
 def load_run(run_dir: str | Path, *, device: str = "cpu") -> TrainedRun:
     """A finished run from its directory: config, results and model, without running code.
 
@@ -210,7 +197,8 @@ def load_run(run_dir: str | Path, *, device: str = "cpu") -> TrainedRun:
     import torch
     from torch import nn
 
-    from tladapt.config import build_config as validate
+    from tladapt import checkpoint
+    from tladapt.config import load_run_config
     from tladapt.data.augment import attach
     from tladapt.data.tasks import load_task
     from tladapt.models import build_backbone
@@ -221,16 +209,9 @@ def load_run(run_dir: str | Path, *, device: str = "cpu") -> TrainedRun:
             hint = " (the run did not finish)" if name == "results.json" else \
                 " (runs with trainer.checkpoint = false keep no model)" if name == "checkpoint.pt" else ""
             raise ConfigError(f"{run_dir}: no {name}{hint}")
-    config = validate(json.loads((run_dir / "config.json").read_text()))
+    config = load_run_config(run_dir)  # its provenance entry aside
     results = json.loads((run_dir / "results.json").read_text())
-    try:
-        with torch.serialization.safe_globals(_numpy_arrays()):  # plain arrays (RNG states), never code
-            state = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=True)
-    except Exception as err:  # an unpickling error names what the file tried to load
-        lines = str(err).splitlines() or [""]
-        why = next((line.strip() for line in lines if "Unsupported global" in line), lines[0])
-        raise ConfigError(f"{run_dir / 'checkpoint.pt'}: not a plain-tensor checkpoint, refused without "
-                          f"running its code ({why})") from None
+    state = checkpoint.load(run_dir / "checkpoint.pt", f"load_run({str(run_dir)!r})")  # weights_only=True
     modules = state["modules"]
     source, target = load_task(config.data, results["task"])
     target = attach(target, config.augment)

@@ -39,6 +39,7 @@ together when nothing does (``tladapt run`` uses it for the new seeds of a task 
 from __future__ import annotations
 
 import math
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -610,9 +611,12 @@ class BatchedRuns:
                     step = None
                     for t in self.trainers:
                         step = t.begin_step()
+                    started = time.perf_counter()
                     self._update(step)
                     for t in self.trainers:
                         t.scheduler.step()
+                    for t in self.trainers:  # each run's provenance: the wall time of the shared step
+                        t.wall["train"] += time.perf_counter() - started
                     done = step + 1
                     if done % cfg.eval_every == 0 or done == cfg.steps or (every and done % every == 0):
                         self._sync()

@@ -18,6 +18,7 @@ A checkpoint is one dict of tensors and plain Python containers, which is all th
     logger       the run logger's sums and counts not yet written to TensorBoard
     best         trainer.keep_best's best value and step, or None
     plugins      {plugin name: what its tladapt_state_dict returned}
+    wall         wall seconds per phase so far (results.json's provenance)
     rng          torch CPU (and CUDA) generator states, numpy's and Python's, as tensors
     ranks        under torchrun only: each rank's {rng, pipeline, logger}, by rank
                  (tladapt.distributed.rank_states; rank_checkpoint picks a rank's view)
@@ -149,6 +150,7 @@ def capture(trainer: Trainer) -> dict[str, Any]:
         "logger": trainer.logger.state_dict(),
         "best": None if trainer.best is None else trainer.best.state_dict(),
         "plugins": plugins,
+        "wall": dict(trainer.wall),
         "rng": rng_state(),
     }
 
@@ -182,6 +184,8 @@ def restore(trainer: Trainer, state: dict[str, Any]) -> None:
     trainer.progress = trainer.step / trainer.config.trainer.steps
     trainer.history = list(state["history"])
     trainer.init_report = dict(state["init_from"])
+    for phase, seconds in state["wall"].items():  # a resumed run's time is that of all its processes
+        trainer.wall[phase] = trainer.wall.get(phase, 0.0) + seconds
     trainer.pipeline.load_state_dict(state["pipeline"])
     trainer.logger.load_state_dict(state["logger"], trainer.device)
     if trainer.best is not None and state["best"] is not None:

@@ -10,7 +10,7 @@ import traceback
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
-from tladapt import checkpoint, distributed, signals
+from tladapt import checkpoint, distributed, provenance, signals
 from tladapt.config import Config, ConfigError, load_run_config, parse_task
 from tladapt.batched import RunSpec, fit_together
 from tladapt.data.augment import resolve_spec
@@ -229,7 +229,7 @@ def run_experiment(config: Config, plugins: Iterable[str | type] = (), progress:
                     train_fresh()
                     done[seed] = execute_run(config, active, task, source, target, run_dir, seed, progress, on_run)
                     continue
-                run_dir = distributed.on_main(lambda: _new_run(config, task, method, seed))
+                run_dir = distributed.on_main(lambda: _new_run(config, active, task, method, seed))
                 fresh.append(RunSpec(config, task, source, target, active, seed, run_dir))
                 if len(fresh) == group_size:
                     train_fresh()
@@ -247,11 +247,11 @@ def _found_run(exp, task: str, method: str, seed: int, config_id: str) -> tuple[
     return run_dir, run_dir is not None and read_status(run_dir).finished
 
 
-def _new_run(config: Config, task: str, method: str, seed: int) -> Path:
-    """A new run directory with the run's ``config.json``."""
+def _new_run(config: Config, active: list[tuple[PluginInfo, dict]], task: str, method: str, seed: int) -> Path:
+    """A new run directory with the run's ``config.json`` (the config and its provenance)."""
     exp = config.experiment
     run_dir = new_run_dir(exp.runs_dir, exp.name, task, method, seed)
-    write_json(run_dir / "config.json", config.to_dict())
+    write_json(run_dir / "config.json", {**config.to_dict(), "provenance": provenance.environment(config, active, run_dir)})
     return run_dir
 
 

@@ -7,10 +7,12 @@ optimizer over them, computes the source classification loss, and evaluates.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import random
 import signal
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tladapt import checkpoint, distributed, signals
+from tladapt import checkpoint, distributed, provenance, signals
 from tladapt.config import Config, ConfigError
 from tladapt.contract import Contract
 from tladapt.data.augment import attach
@@ -126,6 +128,7 @@ class Trainer:
 
     def __init__(self, config: Config, source: Domain | None, target: Domain, pm: pluggy.PluginManager,
                  run_dir: str | Path, seed: int, source_name: str = "", resume: dict | None = None):
+        started = time.perf_counter()
         self.config, self.pm, self.seed, self.run_dir = config, pm, seed, Path(run_dir)
         self._resume, self.resuming = resume, resume is not None
         cfg = config.trainer
@@ -207,6 +210,18 @@ class Trainer:
             decay = lambda step: 1.0  # noqa: E731
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, decay)
         self.threads = choose_threads(cfg.threads, self.device, self._step_flops, self.dist.local_world_size)
+        #: Wall seconds per phase of the run (results.json's provenance; summed over a resumed run's processes).
+        self.wall = dict.fromkeys(("setup", "fit_start", "train", "evaluate", "checkpoint"), 0.0)
+        self.wall["setup"] = time.perf_counter() - started
+
+    @contextlib.contextmanager
+    def _timed(self, phase: str):
+        """Add the enclosed block's wall time to ``self.wall[phase]``."""
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.wall[phase] += time.perf_counter() - started
 
     def _check_transformed(self, splits) -> None:
         """After ``tladapt_transform_domains``: every domain kept its length and they share one
@@ -470,7 +485,8 @@ class Trainer:
 
     def start(self) -> None:
         """Whole-dataset plugin work (``tladapt_fit_start``), then the paired pipeline."""
-        self.pm.hook.tladapt_fit_start(trainer=self)
+        with self._timed("fit_start"):
+            self.pm.hook.tladapt_fit_start(trainer=self)
         if self.pipeline.source is not self.source or self.pipeline.target is not self.target:
             self.pipeline = self._make_pipeline()  # a plugin replaced a domain (same length)
         if self.config.trainer.plots and self.dist.main:
@@ -486,8 +502,9 @@ class Trainer:
     def advance(self) -> None:
         """One training step with its hooks, plus logging and evaluation when they are due."""
         step = self.begin_step()
-        self._step()
-        self.scheduler.step()
+        with self._timed("train"):
+            self._step()
+            self.scheduler.step()
         self.end_step(step)
 
     def begin_step(self) -> int:
@@ -501,19 +518,23 @@ class Trainer:
         """After the optimizer step: ``tladapt_step_end``, then the log flush and the
         evaluation when they are due (:meth:`advance`; batched runs call it per run)."""
         cfg = self.config.trainer
-        self.pm.hook.tladapt_step_end(trainer=self, step=step)
+        with self._timed("train"):
+            self.pm.hook.tladapt_step_end(trainer=self, step=step)
         done = self.steps_done = step + 1
         if done % cfg.log_every == 0 or done == cfg.steps:
-            means = self.logger.flush(done)
+            with self._timed("train"):
+                means = self.logger.flush(done)
             bad = sorted(tag for tag, value in means.items() if tag.startswith("loss/") and not math.isfinite(value))
             if bad:
                 self.logger.close()
                 raise TrainingDiverged(f"{', '.join(bad)} became non-finite by step {done} (run {self.run_dir}): "
                                        f"lower trainer.lr or the loss weights")
         if done % cfg.eval_every == 0 or done == cfg.steps:
-            self.history.append({"step": done, **self.evaluate()})
+            with self._timed("evaluate"):
+                self.history.append({"step": done, **self.evaluate()})
             if self.best is not None and self.best.update(self.history[-1]) and self.dist.main:
-                checkpoint.save(self.run_dir / "best.pt", checkpoint.capture(self))
+                with self._timed("checkpoint"):
+                    checkpoint.save(self.run_dir / "best.pt", checkpoint.capture(self))
         if self.checkpoint_every and done % self.checkpoint_every == 0 and done < cfg.steps:
             self.save_checkpoint()
 
@@ -522,14 +543,15 @@ class Trainer:
         step, with the TensorBoard events so far handed to the OS first, and record its step
         in ``status.json``. Under ``torchrun`` every rank calls it at the same step: rank 0 writes,
         with every rank's generators, streams and log sums (:func:`tladapt.distributed.rank_states`)."""
-        ranks = distributed.rank_states(self)
-        if not self.dist.main:
-            return
-        self.logger.flush_to_disk()
-        state = checkpoint.capture(self)
-        if ranks is not None:
-            state["ranks"] = ranks
-        checkpoint.save(self.run_dir / "checkpoint.pt", state)
+        with self._timed("checkpoint"):
+            ranks = distributed.rank_states(self)
+            if not self.dist.main:
+                return
+            self.logger.flush_to_disk()
+            state = checkpoint.capture(self)
+            if ranks is not None:
+                state["ranks"] = ranks
+            checkpoint.save(self.run_dir / "checkpoint.pt", state)
         write_status(self.run_dir, "running", step=self.steps_done, steps=self.config.trainer.steps)
 
     def fit(self, progress: Progress | None = None) -> dict:
@@ -610,6 +632,7 @@ class Trainer:
             results["distributed"] = {**self.dist.to_dict(), "global_batch_size": cfg.batch_size * self.dist.world_size}
         self.save_checkpoint()
         self.pm.hook.tladapt_fit_end(trainer=self, results=results)
+        results["provenance"] = provenance.run_record(self, {**self.wall, "total": sum(self.wall.values())})
         if self.dist.main:
             write_json(self.run_dir / "results.json", results)
         if cfg.plots and self.dist.main:
