@@ -489,7 +489,7 @@ class Trainer:
             self.pm.hook.tladapt_fit_start(trainer=self)
         if self.pipeline.source is not self.source or self.pipeline.target is not self.target:
             self.pipeline = self._make_pipeline()  # a plugin replaced a domain (same length)
-        if self.config.trainer.plots and self.dist.main:
+        if self.config.trainer.plots and self.dist.main and not self.resuming:  # a resumed run has its start plots
             self.plot("start", 0)
         self.modules.train()
         self.history: list[dict] = []
