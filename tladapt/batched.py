@@ -454,6 +454,7 @@ class BatchedRuns:
         try:
             with torch.no_grad():
                 first.loss_terms(batch)
+            first.contract.first_step = False  # the probe was the contract's checked pass (tladapt.contract)
         finally:
             for layer in self.layers:
                 layer.probing = False
