@@ -87,6 +87,8 @@ class Finetune:
             raise ConfigError("plugins.finetune.init = 'source' needs model.init_from = a source run directory "
                               "(e.g. tladapt run ... --init-from runs/<exp>/<task>/source_only/seed0-...); "
                               "use init = 'scratch' to train from a random start")
+        if task.modules is None:  # a plugin transforms the inputs: the model exists only in the run
+            return
         if o.freeze_depth:
             try:
                 depth_region(task.backbone, o.freeze_depth)

@@ -81,18 +81,32 @@ class JDA:
         self.options = options
         self.fit: SubspaceFit | None = None
 
+    def _check_fits(self, source: Domain | None, target: Domain) -> None:
+        """The subspace can be fitted on these domains.
+
+        Raises:
+            ConfigError: without source labels, or ``dim`` larger than the problem.
+        """
+        o = self.options
+        if source is None or source.y is None:
+            raise ConfigError("plugins.jda fits the subspace with the source labels: it needs a labelled source "
+                              "(not data.source_free, not data.source_labels = false)")
+        size = math.prod(source.input_shape) if o.kernel == "primal" else len(source) + len(target)
+        if o.dim > size:
+            what = "input dimension" if o.kernel == "primal" else "number of source and target samples"
+            raise ConfigError(f"plugins.jda.dim = {o.dim} exceeds the problem's size, the {what} ({size})")
+
+    @tladapt.hookimpl
+    def tladapt_check(self, task):
+        """Before any run: the subspace can be fitted on the task's splits (:meth:`_check_fits`)."""
+        self._check_fits(task.source, task.target)
+
     @tladapt.hookimpl
     def tladapt_transform_domains(self, trainer):
         """Fit the subspace and embed every domain of the run."""
         o = self.options
-        if trainer.source is None or trainer.source.y is None:
-            raise ConfigError("plugins.jda fits the subspace with the source labels: it needs a labelled source "
-                              "(not data.source_free, not data.source_labels = false)")
+        self._check_fits(trainer.source, trainer.target)
         xs, xt = _vectors(trainer.source), _vectors(trainer.target)
-        size = xs.shape[1] if o.kernel == "primal" else xs.shape[0] + xt.shape[0]
-        if o.dim > size:
-            what = "input dimension" if o.kernel == "primal" else "number of source and target samples"
-            raise ConfigError(f"plugins.jda.dim = {o.dim} exceeds the problem's size, the {what} ({size})")
         options = SubspaceOptions(o.method, o.dim, o.lam, o.kernel, o.gamma, o.iterations, o.mu, o.normalize_inputs)
         self.fit = fit_subspace(xs, trainer.source.y, xt, len(trainer.source.classes), options)
         for role in ("source", "source_val", "target", "target_labelled"):

@@ -65,7 +65,7 @@ def test_every_hook_is_documented():
 
     page = (ROOT / "docs" / "hooks.md").read_text()
     names = [n for n in dir(hookspecs) if n.startswith("tladapt_")]
-    assert len(names) == 12
+    assert len(names) == 13
     for name in names:
         assert f"## `{name}(" in page
 

@@ -36,6 +36,7 @@ def runs_of(config):
     ("plugins.self_training.threshold=1.5", r"plugins.self_training.threshold must be >= 0, <= 1, got 1.5"),
     ("plugins.instance_weighting.kliep_folds=1", r"plugins.instance_weighting.kliep_folds must be >= 2, got 1"),
     ("plugins.finetune.freeze_depth=-1", r"plugins.finetune.freeze_depth must be >= 0, got -1"),
+    ("plugins.jda.dim=900", r"task '.*': plugins.jda.dim = 900 exceeds the problem's size, the input dimension \(800\)"),
 ])
 def test_bad_input_fails_before_any_run_directory(fast_config, override, message):
     config_error = None

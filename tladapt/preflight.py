@@ -6,7 +6,10 @@ and head on PyTorch's ``meta`` device (no memory, no weights) and passes a batch
 shapes through them, checks ``model.init_from`` against that model, builds the
 optimizer, and calls every active plugin's ``tladapt_check`` hook with a
 :class:`TaskPreview` for its own cross-field checks. A seed changes which samples a
-split holds, never how many, so one seed stands for all.
+split holds, never how many, so one seed stands for all. When a plugin transforms the
+domains (``tladapt_transform_domains``, e.g. JDA's embedding), the model's input shape is
+known only once the transform ran in the run: the model checks are left to the run (the
+plugin checks what decides the shape in its own ``tladapt_check``).
 
 What cannot be known before training stays with the run: metric tags that plugins add
 at evaluation (``trainer.keep_best`` on a plugin's tag), learning-rate multipliers of
@@ -52,6 +55,8 @@ class TaskPreview:
         modules: ``nn.ModuleDict(backbone=..., head=...)``, as ``trainer.modules`` before
             any plugin registers its own.
         feature_dim: the backbone's output size.
+            (``backbone``, ``head``, ``modules`` and ``feature_dim`` are None when a plugin
+            implements ``tladapt_transform_domains``: the model is built on its output.)
         num_classes: the target head's classes.
         shared_head: True when the source and target are classified by one head
             (``trainer.source_head is trainer.head``); False for a different target task
@@ -63,10 +68,10 @@ class TaskPreview:
     source_val: Domain | None
     target: Domain
     target_labelled: Domain | None
-    backbone: nn.Module
-    head: nn.Module
-    modules: nn.ModuleDict
-    feature_dim: int
+    backbone: nn.Module | None
+    head: nn.Module | None
+    modules: nn.ModuleDict | None
+    feature_dim: int | None
     num_classes: int
     shared_head: bool
 
@@ -111,15 +116,19 @@ def check_task(config: Config, pm: pluggy.PluginManager, task: str) -> TaskPrevi
         raise ConfigError(f"task {task!r}: {err}") from None
     except (ValueError, TypeError) as err:
         raise ConfigError(f"task {task!r} of data.dataset = {data.dataset!r}: {err}") from None
-    backbone, head = _meta_model(config, target_rest.input_shape, len(target_rest.classes))
-    modules = nn.ModuleDict({"backbone": backbone, "head": head})
-    _check_optimizer(config, modules)
-    if config.model.init_from:
-        _check_init_from(config.model.init_from, task, config.experiment.seeds[0], modules)
+    _check_optimizer(config)
+    backbone = head = modules = None
+    if not pm.hook.tladapt_transform_domains.get_hookimpls():  # else the inputs' shape is known only in the run
+        backbone, head = _meta_model(config, target_rest.input_shape, len(target_rest.classes))
+        modules = nn.ModuleDict({"backbone": backbone, "head": head})
+        _check_lr_mult(config, modules)
+        if config.model.init_from:
+            _check_init_from(config.model.init_from, task, config.experiment.seeds[0], modules)
     source = splits.source
     shared = source is None or source.y is None or (splits.shared_head and config.model.shared_head)
     preview = TaskPreview(task, source, splits.source_val, target_rest, splits.target_labelled,
-                          backbone, head, modules, backbone.out_features, len(target_rest.classes), shared)
+                          backbone, head, modules, None if backbone is None else backbone.out_features,
+                          len(target_rest.classes), shared)
     try:
         pm.hook.tladapt_check(config=config, task=preview)
     except ConfigError as err:
@@ -151,20 +160,25 @@ def _meta_model(config: Config, input_shape: tuple[int, ...], num_classes: int) 
     return backbone, head
 
 
-def _check_optimizer(config: Config, modules: nn.ModuleDict) -> None:
-    """Build the run's optimizer over the meta parameters; check ``trainer.lr_mult`` paths into
-    the backbone and head (other keys name plugin modules, checked when they are registered)."""
-    cfg = config.trainer
+def _check_lr_mult(config: Config, modules: nn.ModuleDict) -> None:
+    """``trainer.lr_mult`` paths into the backbone and head exist (other keys name plugin
+    modules, checked when they are registered)."""
     names = [n for n, _ in modules.named_parameters()]
-    for key in cfg.lr_mult:
+    for key in config.trainer.lr_mult:
         if key.split(".")[0] in modules and not any(n == key or n.startswith(key + ".") for n in names):
             raise ConfigError(f"trainer.lr_mult names unknown module {key!r}: the model's parameters are under "
                               f"{', '.join(sorted({n.rsplit('.', 1)[0] for n in names}))}")
+
+
+def _check_optimizer(config: Config) -> None:
+    """The run's optimizer accepts its options (built over one parameter on the meta device)."""
+    cfg = config.trainer
+    params = [nn.Parameter(torch.empty(1, device="meta"))]
     try:
         if cfg.optimizer == "sgd":
-            torch.optim.SGD(modules.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+            torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
         else:
-            torch.optim.Adam(modules.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+            torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     except ValueError as err:
         raise ConfigError(f"trainer.optimizer = {cfg.optimizer!r} rejects its options: {err}") from None
 
