@@ -140,7 +140,7 @@ def _finetune_score(config: Config, regime: str, model_dir: str | Path, labelled
     cfg = regime_config(config, regime, model_dir, steps)
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, target_labels_per_class=k_train),
                               experiment=dataclasses.replace(cfg.experiment, runs_dir=str(run_root)))
-    cfg, active = prepare(cfg)
+    cfg, active = prepare(cfg, tasks=False)  # it trains on `labelled`, not on the config's task data
     run_dir = new_run_dir(run_root, "advise_cv", labelled.name, regime, seed)
     trainer = Trainer(cfg, None, labelled, make_plugin_manager(active), run_dir, seed, source_name=source_name)
     return trainer.fit()["final"]["oracle/target_acc"]

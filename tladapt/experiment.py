@@ -30,7 +30,8 @@ from tladapt.trainer import Trainer, resolve_device
 from tladapt.validators import available_validators, choose_validators
 
 
-def prepare(config: Config, plugins: Iterable[str | type] = ()) -> tuple[Config, list[tuple[PluginInfo, dict]]]:
+def prepare(config: Config, plugins: Iterable[str | type] = (), *,
+            tasks: bool = True) -> tuple[Config, list[tuple[PluginInfo, dict]]]:
     """Check everything that can be checked before training and resolve the method name.
 
     Args:
@@ -38,6 +39,10 @@ def prepare(config: Config, plugins: Iterable[str | type] = ()) -> tuple[Config,
             take part.
         plugins: extra plugins to make available (``-p`` specs or plugin classes); they
             take part only where the config enables them.
+        tasks: also check every task's data, model and plugin checks
+            (:func:`tladapt.preflight.check_tasks`); False only for a caller that trains
+            on domains of its own rather than the config's tasks (``tladapt advise``'s
+            cross-validation on the labelled samples).
 
     Returns:
         ``(config with experiment.method filled in and every enabled plugin's options
@@ -95,7 +100,8 @@ def prepare(config: Config, plugins: Iterable[str | type] = ()) -> tuple[Config,
         or "source_only"
     config = dataclasses.replace(config, experiment=dataclasses.replace(config.experiment, method=method),
                                  plugins={info.name: info.resolve(table) for info, table in enabled})
-    check_tasks(config, pm)  # every task's data, model, optimizer and plugin checks (tladapt.preflight)
+    if tasks:
+        check_tasks(config, pm)  # every task's data, model, optimizer and plugin checks (tladapt.preflight)
     return config, active
 
 
