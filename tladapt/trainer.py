@@ -570,7 +570,7 @@ class Trainer:
         cfg = self.config.trainer
         own = progress is None
         if own:
-            progress = Progress(1, cfg.steps, enabled=cfg.progress)
+            progress = Progress(1, cfg.steps, enabled=cfg.progress and self.dist.main)
         progress.start_run(f"{self.source_name}->{self.target.name}", self.config.experiment.method, self.seed)
         try:
             with run_threads(self.threads.threads), signals.stop_signals():
