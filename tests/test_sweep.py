@@ -3,6 +3,12 @@ worker processes sharing one study that ends with exactly N trials, and a sweep 
 mid-way that continues where it stopped."""
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
 from pathlib import Path
 
 import optuna
@@ -131,3 +137,32 @@ def test_an_oracle_objective_is_written_as_oracle(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "[ORACLE]" in out and "ORACLE selection (target labels)" in out
     assert study_of(tmp_path).user_attrs == {"objective": "oracle/target_acc", "oracle": True}
+
+
+@pytest.mark.slow
+def test_a_sweep_killed_mid_way_continues_to_exactly_n_trials_without_duplicate_runs(tmp_path):
+    base, space = write(tmp_path, steps=400, eval_every=100)
+    cmd = [sys.executable, "-m", "tladapt.cli", "sweep", base, "--space", space, "--trials", "4", "--jobs", "2",
+           "--heartbeat", "1"]
+    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline:  # kill it once a trial is done and others are under way
+        time.sleep(0.5)
+        db = tmp_path / "runs" / "sw" / "optuna.db"
+        if db.exists() and optuna.study.get_all_study_names(f"sqlite:///{db}"):
+            done, running, _ = finished_count(study_of(tmp_path))
+            if done >= 1 and running >= 1 and any((tmp_path / "runs").rglob("checkpoint.pt")):
+                break
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed = study_of(tmp_path)
+    assert finished_count(killed)[0] < 4 and finished_count(killed)[1] >= 1  # killed mid-way
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=600)
+    study = study_of(tmp_path)
+    states = Counter(t.state for t in study.trials)
+    assert finished_count(study)[0] == 4 and states[optuna.trial.TrialState.COMPLETE] == 4
+    assert states[optuna.trial.TrialState.RUNNING] == 0
+    # no duplicate run directories: one per configuration (task and seed are fixed here)
+    fingerprints = Counter(json.loads((d / "results.json").read_text())["config_id"] for d in run_dirs(tmp_path))
+    assert all(n == 1 for n in fingerprints.values())
+    assert len(run_dirs(tmp_path)) == len(fingerprints)  # every run directory finished

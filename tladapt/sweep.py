@@ -418,29 +418,13 @@ def run_trial(spec: SweepSpec, space: SearchSpace, study, trial) -> tuple[str, f
 
 
 def run_or_reuse(config, plugins: tuple[str, ...]) -> dict:
-    """The results of ``config``'s one run (one task, one seed): an earlier finished run of the
-    same fingerprint when there is one, else a new run (resumed from its checkpoint when an
-    earlier one was interrupted, where :func:`tladapt.experiment.run_experiment` can resume)."""
-    import inspect
-
+    """The results of ``config``'s one run (one task, one seed), through
+    :func:`tladapt.experiment.run_experiment` with ``resume=True``: an earlier finished run of
+    the same fingerprint is reused, an interrupted one continues from its checkpoint in its own
+    directory, and only a missing one starts afresh."""
     from tladapt.experiment import run_experiment
-    from tladapt.tables import read_runs
 
-    if "resume" in inspect.signature(run_experiment).parameters:
-        (result,) = run_experiment(config, plugins, resume=True)
-        return result
-    from tladapt.config import parse_task
-    from tladapt.experiment import prepare
-
-    (task,), (seed,) = config.data.tasks, config.experiment.seeds
-    task = "->".join(parse_task(task))
-    folder = experiment_folder(config)
-    fingerprint = prepare(config, plugins)[0].fingerprint()
-    for run in read_runs(folder) if folder.is_dir() else []:
-        r = run.results
-        if r and r.get("config_id") == fingerprint and r["task"] == task and r["seed"] == seed:
-            return r
-    (result,) = run_experiment(config, plugins)
+    (result,) = run_experiment(config, plugins, resume=True)
     return result
 
 
@@ -478,8 +462,10 @@ def worker(spec: SweepSpec, worker_id: int = 0, gpu: int | None = None) -> int:
             time.sleep(max(1, spec.heartbeat // 2))
             continue
         stop = threading.Event()
-        storage = study._storage  # Optuna's heartbeat API takes the storage and the trial id
-        if isinstance(storage, optuna.storages.RDBStorage):
+        # Optuna's heartbeat API takes the storage and the trial id. The study holds an RDB
+        # storage behind Optuna's cache (not an RDBStorage instance); a journal has no heartbeats.
+        storage = study._storage
+        if getattr(storage, "get_heartbeat_interval", lambda: None)() is not None:
             storage.record_heartbeat(trial._trial_id)
             threading.Thread(target=_heartbeat, args=(storage, trial._trial_id, spec.heartbeat, stop),
                              daemon=True).start()
