@@ -118,7 +118,7 @@ def scrambled(tmp_path, monkeypatch):
 
 
 def module_state(result):
-    return torch.load(Path(result["run_dir"]) / "checkpoint.pt", weights_only=False)["modules"]
+    return torch.load(Path(result["run_dir"]) / "checkpoint.pt", weights_only=True)["modules"]
 
 
 @pytest.mark.parametrize("options", [AE, SIMCLR])

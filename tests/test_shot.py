@@ -109,9 +109,9 @@ def test_shot_im_only_and_a_fixed_refresh_interval(fast_config, source_run):
 
 
 def test_shot_source_free_run_end_to_end_keeps_the_head_and_reports_its_oracle(fast_config, source_run):
-    saved = torch.load(f"{source_run}/checkpoint.pt", weights_only=False)["modules"]
+    saved = torch.load(f"{source_run}/checkpoint.pt", weights_only=True)["modules"]
     [result] = run_experiment(shot_config(fast_config, source_run, "trainer.checkpoint=true"))
-    after = torch.load(f"{result['run_dir']}/checkpoint.pt", weights_only=False)["modules"]
+    after = torch.load(f"{result['run_dir']}/checkpoint.pt", weights_only=True)["modules"]
     assert torch.equal(after["head.weight"], saved["head.weight"]) and torch.equal(after["head.bias"], saved["head.bias"])
     assert not torch.equal(after["backbone.0.weight"], saved["backbone.0.weight"])
     assert 0 <= result["final"]["oracle/shot_pseudo_label_acc"] <= 100

@@ -58,7 +58,7 @@ def test_a_source_free_run_never_loads_or_sees_source_data(fast_config, source_r
 def test_the_source_free_step_has_no_source_term_and_starts_from_the_checkpoint(fast_config, source_run):
     t = make_trainer(fast_config("data.source_free=true", f"model.init_from='{source_run}'",
                                  "plugins.self_training.threshold=0.0"))
-    saved = torch.load(source_run / "checkpoint.pt", weights_only=False)["modules"]
+    saved = torch.load(source_run / "checkpoint.pt", weights_only=True)["modules"]
     assert torch.equal(t.head.weight, saved["head.weight"])
     assert t.source is None and t.num_classes == 10 and t.backbone[0].in_features == 800
     t.start()
