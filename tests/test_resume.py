@@ -218,3 +218,37 @@ def test_a_signalled_tladapt_process_resumes_to_the_uninterrupted_run(tmp_path, 
     expected = strip_timing(json.loads((straight / "results.json").read_text()))
     assert strip_timing(json.loads((run_dir / "results.json").read_text())) == expected
     assert curves(run_dir) == curves(straight)
+
+
+@pytest.mark.parametrize("config_written", [True, False])
+def test_a_run_killed_as_its_directory_was_made_is_continued_there_not_duplicated(fast_config, monkeypatch,
+                                                                                   config_written):
+    """A process killed (kill -9) right after making a run directory, before any checkpoint
+    (and, with ``config_written=False``, before ``config.json``): resuming the experiment
+    trains that run in that directory; no second directory appears."""
+    import subprocess
+    import sys
+
+    import tladapt.experiment as experiment
+
+    config = fast_config("trainer.steps=4", "trainer.eval_every=4", "experiment.seeds=[0]")
+
+    def killed(*args, **kwargs):
+        raise RuntimeError("killed")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(experiment, "execute_run", killed)
+        with pytest.raises(RuntimeError, match="killed"):
+            run_experiment(config)
+    (run_dir,) = [p.parent for p in Path(config.experiment.runs_dir).rglob("status.json")]
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    status = json.loads((run_dir / "status.json").read_text())
+    fingerprint = experiment.prepare(config)[0].fingerprint()
+    assert (status["state"], status["step"], status["config_id"]) == ("running", 0, fingerprint)
+    (run_dir / "status.json").write_text(json.dumps({**status, "pid": int(dead.stdout)}))  # its process is gone
+    if not config_written:
+        (run_dir / "config.json").unlink()
+    (result,) = run_experiment(config, resume=True)
+    assert Path(result["run_dir"]) == run_dir and read_status(run_dir).finished
+    assert (run_dir / "config.json").is_file()
+    assert [p.parent for p in Path(config.experiment.runs_dir).rglob("status.json")] == [run_dir]

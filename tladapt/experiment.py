@@ -233,6 +233,8 @@ def run_experiment(config: Config, plugins: Iterable[str | type] = (), progress:
                     continue
                 if run_dir is not None:  # an unfinished run continues alone from its checkpoint
                     train_fresh()
+                    if not (run_dir / "config.json").is_file():  # its process was killed as it made the directory
+                        distributed.on_main(lambda: _write_config(config, active, run_dir))
                     done[seed] = execute_run(config, active, task, source, target, run_dir, seed, progress, on_run)
                     continue
                 run_dir = distributed.on_main(lambda: _new_run(config, active, task, method, seed))
@@ -254,11 +256,26 @@ def _found_run(exp, task: str, method: str, seed: int, config_id: str) -> tuple[
 
 
 def _new_run(config: Config, active: list[tuple[PluginInfo, dict]], task: str, method: str, seed: int) -> Path:
-    """A new run directory with the run's ``config.json`` (the config and its provenance)."""
+    """A new run directory: its ``status.json`` first (``running`` at step 0, naming the run, so
+    that a process killed from here on leaves a directory that the next resume of this config
+    finds and continues), then its ``config.json``."""
     exp = config.experiment
     run_dir = new_run_dir(exp.runs_dir, exp.name, task, method, seed)
-    write_json(run_dir / "config.json", {**config.to_dict(), "provenance": provenance.environment(config, active, run_dir)})
+    write_status(run_dir, "running", step=0, **_run_fields(config, task, seed))
+    _write_config(config, active, run_dir)
     return run_dir
+
+
+def _write_config(config: Config, active: list[tuple[PluginInfo, dict]], run_dir: Path) -> None:
+    """Write the run's ``config.json``: the config and its provenance."""
+    write_json(run_dir / "config.json", {**config.to_dict(), "provenance": provenance.environment(config, active, run_dir)})
+
+
+def _run_fields(config: Config, task: str, seed: int) -> dict:
+    """The :class:`tladapt.runs.RunStatus` fields that name a run, by which
+    :func:`tladapt.runs.find_run` matches a directory to its config."""
+    return dict(dataset=config.data.dataset, task=task, method=config.experiment.method, seed=seed,
+                config_id=config.fingerprint(), steps=config.trainer.steps)
 
 
 def _clean_for_training(run_dir: Path) -> bool:
@@ -292,9 +309,7 @@ def execute_run(config: Config, active: list[tuple[PluginInfo, dict]], task: str
     state = checkpoint.load(file, f"the checkpoint of run {run_dir}") if distributed.on_main(
         lambda: _clean_for_training(run_dir)) else None
     status = write_status if main else (lambda *args, **kwargs: None)
-    status(run_dir, "running", dataset=config.data.dataset, task=task, method=config.experiment.method,
-           seed=seed, config_id=config.fingerprint(), steps=config.trainer.steps,
-           step=0 if state is None else state["step"])
+    status(run_dir, "running", step=0 if state is None else state["step"], **_run_fields(config, task, seed))
     pm, trainer = make_plugin_manager(active), None
     try:
         trainer = Trainer(config, source, target, pm, run_dir, seed, source_name=parse_task(task)[0], resume=state)
@@ -343,9 +358,7 @@ def execute_together(config: Config, active: list[tuple[PluginInfo, dict]], spec
         return trainers[-1]
 
     for spec in specs:
-        write_status(spec.run_dir, "running", dataset=config.data.dataset, task=spec.task,
-                     method=config.experiment.method, seed=spec.seed, config_id=config.fingerprint(),
-                     steps=config.trainer.steps, step=0)
+        write_status(spec.run_dir, "running", step=0, **_run_fields(config, spec.task, spec.seed))
     try:
         results = fit_together(specs, make_trainer, progress, on_run)
     except RunInterrupted as stop:
