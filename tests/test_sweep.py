@@ -148,10 +148,11 @@ def test_a_sweep_killed_mid_way_continues_to_exactly_n_trials_without_duplicate_
     deadline = time.time() + 300
     while time.time() < deadline:  # kill it once a trial is done and others are under way
         time.sleep(0.5)
-        db = tmp_path / "runs" / "sw" / "optuna.db"
-        if db.exists() and optuna.study.get_all_study_names(f"sqlite:///{db}"):
+        # a checkpoint exists only once the sweep has made its study: reading the database
+        # earlier would race the sweep's creation of its schema
+        if any((tmp_path / "runs").rglob("checkpoint.pt")):
             done, running, _ = finished_count(study_of(tmp_path))
-            if done >= 1 and running >= 1 and any((tmp_path / "runs").rglob("checkpoint.pt")):
+            if done >= 1 and running >= 1:
                 break
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
