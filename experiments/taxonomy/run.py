@@ -44,6 +44,7 @@ def fmt(values: list[float]) -> str:
 
 
 EXTRA: list[str] = []  # --set overrides given on the command line, applied to every config (e.g. a smoke test)
+ONLY: list[str] = []  # --task: cluster only these tasks
 
 
 def cfg(name: str, *overrides: str, runs_dir: str):
@@ -211,6 +212,8 @@ def cluster(runs_dir: str) -> dict:
 
     raw = {}
     for name, dataset, task, source_only, extra in CLUSTER:
+        if ONLY and task not in ONLY:
+            continue
         common = [f"data.tasks=['{task}']", "experiment.seeds=[0]", "trainer.checkpoint=true", *extra]
         src = run_experiment(cfg(source_only, *common, runs_dir=runs_dir))[0]["run_dir"]
         dann = run_experiment(cfg(source_only.replace("source_only", "dann"), *common, runs_dir=runs_dir))[0]["run_dir"]
@@ -251,8 +254,10 @@ def main() -> int:
     ap.add_argument("--set", action="append", default=[], help="override every config (smoke tests only)")
     ap.add_argument("--out", type=Path, help="write results_SECTION.json and taxonomy.md there (smoke tests) "
                                              "instead of into experiments/")
+    ap.add_argument("--task", action="append", default=[], help="cluster: only these tasks")
     args = ap.parse_args()
     EXTRA.extend(args.set)
+    ONLY.extend(args.task)
     run, table, marker = SECTIONS[args.section]
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
