@@ -267,6 +267,8 @@ def main() -> int:
         raw = json.loads(results.read_text())
     else:
         raw = run(args.runs_dir)
+        if results.exists():  # keep the entries (tasks, datasets) this invocation did not measure
+            raw = {**json.loads(results.read_text()), **raw}
         results.write_text(json.dumps(raw, indent=1))
     text = table(raw)
     write_section(marker, text, md)
