@@ -4,6 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 
 from tladapt.cli import main
 
@@ -80,12 +81,16 @@ def test_plugin_contract_errors_are_clean_and_come_before_any_run(tmp_path, caps
     assert not runs.exists()  # nothing was started
 
 
-def test_a_second_config_with_bad_options_fails_before_the_first_trains(tmp_path, capsys):
+@pytest.mark.parametrize("text, message", [
+    ("[plugins.dann]\ndropout = 1.5\n", "plugins.dann.dropout must be >= 0, < 1, got 1.5"),
+    ("[trainer]\nlr = nan\n", "trainer.lr must be a finite number, got nan"),
+])
+def test_a_second_config_with_an_error_fails_before_the_first_trains(tmp_path, capsys, text, message):
     bad = tmp_path / "bad.toml"
-    bad.write_text("[plugins.dann]\ndropout = 1.5\n")
+    bad.write_text(text)
     runs = tmp_path / "runs"
     assert main(["run", str(ROOT / "tladapt/configs/default.toml"), str(bad), "--runs-dir", str(runs)]) == 2
-    assert "plugins.dann.dropout must be >= 0, < 1, got 1.5" in capsys.readouterr().err
+    assert message in capsys.readouterr().err
     assert not runs.exists()
 
 

@@ -318,6 +318,21 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def parse_toml_file(path: Path, missing: str) -> dict[str, Any]:
+    """The TOML document in ``path`` as nested dicts.
+
+    Raises:
+        ConfigError: ``missing`` when the file does not exist; the file and the parser's
+            message (line and column) when it is not valid TOML.
+    """
+    try:
+        return tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(missing) from None
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path}: invalid TOML: {err}") from None
+
+
 def read_toml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     """Read a config file, resolving ``extends`` chains.
 
@@ -327,12 +342,7 @@ def read_toml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     path = Path(path).resolve()
     if path in _seen:
         raise ConfigError(f"extends cycle: {' -> '.join(map(str, _seen + (path,)))}")
-    try:
-        data = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"config file not found: {path}") from None
-    except tomllib.TOMLDecodeError as err:
-        raise ConfigError(f"{path}: invalid TOML: {err}") from None
+    data = parse_toml_file(path, f"config file not found: {path}")
     parent = data.pop("extends", None)
     if parent is None:
         return data

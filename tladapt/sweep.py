@@ -31,8 +31,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import tomllib
-
 from tladapt.errors import ConfigError
 
 Kind = Literal["uniform", "loguniform", "int", "categorical"]
@@ -137,13 +135,10 @@ def load_space(path: str | Path) -> SearchSpace:
     Raises:
         ConfigError: naming the file, the param and what was expected.
     """
+    from tladapt.config import parse_toml_file
+
     path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"--space: no such file {path}") from None
-    except tomllib.TOMLDecodeError as err:
-        raise ConfigError(f"{path}: invalid TOML: {err}") from None
+    data = parse_toml_file(path, f"--space: no such file {path}")
     unknown = set(data) - {"params", "sampler", "pruner"}
     if unknown:
         raise ConfigError(f"{path}: unknown table(s) {', '.join(sorted(unknown))}: expected params, sampler, pruner")
