@@ -130,3 +130,31 @@ def test_resume_cleans_temporary_files_and_config_resume_reuses_finished_runs(mo
     assert sorted(p.parent for p in (tmp_path / "runs").rglob("config.json")) == dirs
     assert main(["run", "--resume", str(run_dir), "--seeds", "3"]) == 2
     assert "--seeds cannot change them" in capsys.readouterr().err
+
+
+def test_a_killed_process_not_yet_reaped_is_not_live(tmp_path):
+    """kill -9 leaves a zombie until its parent reaps it: its pid still answers signal 0, but
+    the run it was training is dead and can be resumed."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    from tladapt.runs import RunStatus, _process_start
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        status = RunStatus("running", pid=child.pid, host=socket.gethostname(),
+                           process_start=_process_start(child.pid))
+        assert status.live
+        os.kill(child.pid, signal.SIGKILL)
+        for _ in range(200):  # until the kernel has made it a zombie (we do not reap it yet)
+            if Path(f"/proc/{child.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                break
+            time.sleep(0.01)
+        os.kill(child.pid, 0)  # the zombie's pid still answers
+        assert not status.live
+    finally:
+        child.kill()
+        child.wait()

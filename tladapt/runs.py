@@ -145,13 +145,19 @@ def write_json(path: str | Path, data: Any) -> None:
 State = Literal["running", "interrupted", "failed", "finished", "unknown"]
 
 
+def _proc_stat(pid: int) -> list[str]:
+    """The fields of Linux ``/proc/<pid>/stat`` after the command name (state first), [] where unknown."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return []
+
+
 def _process_start(pid: int) -> str:
     """The kernel's start time of process ``pid`` (Linux ``/proc``), '' where unknown: with the
     pid it tells a live run from a dead one whose pid was reused."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return ""
+    stat = _proc_stat(pid)
+    return stat[19] if len(stat) > 19 else ""
 
 
 @dataclass
@@ -199,6 +205,8 @@ class RunStatus:
             return False
         except PermissionError:
             pass
+        if _proc_stat(self.pid)[:1] in (["Z"], ["X"]):  # killed, not yet reaped by its parent
+            return False
         return not self.process_start or _process_start(self.pid) in ("", self.process_start)
 
     @property
