@@ -1,5 +1,6 @@
 """The tladapt command as a user runs it."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -100,6 +101,37 @@ def test_divergence_exits_1_with_a_message(tmp_path, capsys):
             str(ROOT / "tladapt/configs/default.toml")]
     assert main(argv) == 1
     assert "became non-finite" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("batch_runs", [1, 2])
+def test_keep_going_trains_the_runs_after_a_failed_one_and_lists_it(tmp_path, capsys, batch_runs):
+    diverging = tmp_path / "diverging.toml"
+    diverging.write_text(f'extends = "{ROOT / "tladapt/configs/default.toml"}"\n[experiment]\nmethod = "diverging"\n'
+                         '[trainer]\nlr = 1e30\nschedule = "constant"\n')
+    runs = tmp_path / "runs"
+    argv = ["run", str(diverging), str(ROOT / "tladapt/configs/default.toml"), "--runs-dir", str(runs),
+            "--set", "trainer.steps=30", "--set", "trainer.eval_every=30", "--set", "trainer.progress=false",
+            "--set", "model.hidden=[16]", "--set", "experiment.seeds=[0, 1]", "--set", f"trainer.batch_runs={batch_runs}"]
+    failed = lambda: {p.parent for p in runs.glob("default/amazon_to_webcam/diverging/*/traceback.txt")}
+    assert main(argv) == 1  # without --keep-going the first divergence stops the command
+    assert len(failed()) == batch_runs and not (runs / "default/amazon_to_webcam/source_only").exists()
+    before = failed()
+    capsys.readouterr()
+
+    assert main(argv + ["--keep-going"]) == 1  # still a failure, but every other run trained
+    out, err = capsys.readouterr()
+    now = failed() - before
+    assert len(now) == 2  # both seeds failed, one by one or as one batch
+    for run_dir in now:
+        assert json.loads((run_dir / "status.json").read_text())["state"] == "failed"
+        assert f"{run_dir}: TrainingDiverged" in err
+    assert "2 run(s) failed" in err and err.count("became non-finite") == 2
+    finished = list(runs.glob("default/amazon_to_webcam/source_only/*/results.json"))
+    assert len(finished) == 2 and "source_only" in out and "diverging" not in out
+    assert main(["run", "--resume", str(runs), "--keep-going"]) == 1  # every failed run retried, each fails again
+    assert f"{len(failed())} run(s) failed" in capsys.readouterr().err
+
+    assert main(argv[:-2] + ["--keep-going", "--set", "trainer.lr=0.01"]) == 0  # nothing failed: status 0
 
 
 def test_table_keeps_configs_apart_and_counts_each_seed_once(tmp_path, capsys):

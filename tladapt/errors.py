@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+#: Exit status of the ``tladapt`` command when a run failed, and for bad input (docs/runs.md).
+EXIT_RUN_FAILED, EXIT_BAD_INPUT = 1, 2
+
 
 class ConfigError(ValueError):
     """A config, override, plugin option or input is invalid; the message names the key and

@@ -29,6 +29,14 @@ from tladapt.steps import check_compile
 from tladapt.trainer import Trainer, resolve_device
 from tladapt.validators import available_validators, choose_validators
 
+#: What stops one run but not the runs after it under ``on_failure`` (``tladapt run --keep-going``):
+#: a plugin that raised, a diverged loss, plugins that broke the hook contract. Bad input
+#: (``ConfigError``, found before any run) and interrupts always stop everything.
+RUN_FAILURES = (RunFailed, TrainingDiverged, PluginError)
+
+#: ``on_failure(run_dir, error)``: told of a run that failed, instead of raising.
+OnFailure = Callable[[Path, Exception], None]
+
 
 def prepare(config: Config, plugins: Iterable[str | type] = (), *,
             tasks: bool = True) -> tuple[Config, list[tuple[PluginInfo, dict]]]:
@@ -171,7 +179,8 @@ def progress_for(configs: Sequence[Config], oracle: bool = False) -> Progress:
 
 
 def run_experiment(config: Config, plugins: Iterable[str | type] = (), progress: Progress | None = None,
-                   on_run: Callable[[Trainer, dict], None] | None = None, resume: bool = False) -> list[dict]:
+                   on_run: Callable[[Trainer, dict], None] | None = None, resume: bool = False,
+                   on_failure: OnFailure | None = None) -> list[dict]:
     """Train every task of ``config`` with every seed; one run directory each.
 
     Args:
@@ -186,14 +195,21 @@ def run_experiment(config: Config, plugins: Iterable[str | type] = (), progress:
             unfinished one (interrupted, killed or failed) continues from its last
             checkpoint in its own directory (:func:`tladapt.runs.find_run`), and only the
             rest start in new directories.
+        on_failure: when given, a run that fails (one of :data:`RUN_FAILURES`) does not stop
+            the others: it stays marked ``failed`` (``status.json``, ``traceback.txt``),
+            ``on_failure(run_dir, error)`` is called, and training goes on with the next run.
+            Runs trained together in one batch (``trainer.batch_runs``) fail together.
+            None: the first failure is raised.
 
     Returns:
-        The runs' results (as in their ``results.json``), in task-then-seed order.
+        The finished runs' results (as in their ``results.json``), in task-then-seed order
+        (without the failed ones under ``on_failure``).
 
     Raises:
         ConfigError: as :func:`prepare`, before any run starts; or when a run to resume is
             being trained by another live process.
         RunInterrupted: after SIGINT/SIGTERM (the run under way is checkpointed).
+        RunFailed, TrainingDiverged, PluginError: a run failed (without ``on_failure``).
     """
     config, active = prepare(config, plugins)
     distributed.setup(config.trainer.device)  # under torchrun: every run is trained by all processes
@@ -209,16 +225,22 @@ def run_experiment(config: Config, plugins: Iterable[str | type] = (), progress:
             fresh: list[RunSpec] = []  # new runs, trained together in groups of trainer.batch_runs
 
             def train_fresh():
-                if len(fresh) > 1:
-                    together = execute_together(config, active, fresh, progress, on_run)
-                    if together is not None:
-                        done.update(zip((spec.seed for spec in fresh), together))
-                        fresh.clear()
-                        return
-                for spec in fresh:
-                    done[spec.seed] = execute_run(config, active, task, source, target, spec.run_dir, spec.seed,
-                                                  progress, on_run)
+                specs = fresh[:]
                 fresh.clear()
+                if len(specs) > 1:
+                    try:
+                        together = execute_together(config, active, specs, progress, on_run)
+                    except RUN_FAILURES as err:
+                        return _failed(on_failure, [spec.run_dir for spec in specs], err)
+                    if together is not None:
+                        done.update(zip((spec.seed for spec in specs), together))
+                        return
+                for spec in specs:
+                    try:
+                        done[spec.seed] = execute_run(config, active, task, source, target, spec.run_dir, spec.seed,
+                                                      progress, on_run)
+                    except RUN_FAILURES as err:
+                        _failed(on_failure, [spec.run_dir], err)
 
             for seed in exp.seeds:
                 if signals.requested() is not None:
@@ -235,17 +257,29 @@ def run_experiment(config: Config, plugins: Iterable[str | type] = (), progress:
                     train_fresh()
                     if not (run_dir / "config.json").is_file():  # its process was killed as it made the directory
                         distributed.on_main(lambda: _write_config(config, active, run_dir))
-                    done[seed] = execute_run(config, active, task, source, target, run_dir, seed, progress, on_run)
+                    try:
+                        done[seed] = execute_run(config, active, task, source, target, run_dir, seed, progress,
+                                                 on_run)
+                    except RUN_FAILURES as err:
+                        _failed(on_failure, [run_dir], err)
                     continue
                 run_dir = distributed.on_main(lambda: _new_run(config, active, task, method, seed))
                 fresh.append(RunSpec(config, task, source, target, active, seed, run_dir))
                 if len(fresh) == group_size:
                     train_fresh()
             train_fresh()
-            results += [done[seed] for seed in exp.seeds]
+            results += [done[seed] for seed in exp.seeds if seed in done]
     if own:
         progress.close()
     return results
+
+
+def _failed(on_failure: OnFailure | None, run_dirs: list[Path], err: Exception) -> None:
+    """Tell ``on_failure`` that the runs in ``run_dirs`` failed with ``err``; without it, raise ``err``."""
+    if on_failure is None:
+        raise err
+    for run_dir in run_dirs:
+        on_failure(run_dir, err)
 
 
 def _found_run(exp, task: str, method: str, seed: int, config_id: str) -> tuple[Path | None, bool]:
@@ -382,12 +416,13 @@ def execute_together(config: Config, active: list[tuple[PluginInfo, dict]], spec
     return results
 
 
-def resume_runs(root: str | Path, plugins: Iterable[str | type] = ()) -> list[dict]:
+def resume_runs(root: str | Path, plugins: Iterable[str | type] = (), on_failure: OnFailure | None = None) -> list[dict]:
     """Resume the run directory ``root``, or every unfinished run at or below the folder ``root``.
 
     Finished runs are not run again; runs being trained by a live process are skipped
     (an error when ``root`` is that run). Every run's config (its ``config.json``),
-    plugins and checkpoint are checked before the first one resumes.
+    plugins and checkpoint are checked before the first one resumes. ``on_failure``: as
+    :func:`run_experiment`'s (a failed run does not stop the others).
 
     Returns:
         The results of every run at or below ``root`` that is finished now, in path order.
@@ -397,6 +432,7 @@ def resume_runs(root: str | Path, plugins: Iterable[str | type] = ()) -> list[di
             validates or whose plugins are not available (pass its ``-p`` plugins again),
             or an unreadable checkpoint; before any run resumes.
         RunInterrupted: after SIGINT/SIGTERM.
+        RunFailed, TrainingDiverged, PluginError: a run failed (without ``on_failure``).
     """
     run_dirs = find_run_dirs(root)
     if not run_dirs:
@@ -433,7 +469,10 @@ def resume_runs(root: str | Path, plugins: Iterable[str | type] = ()) -> list[di
                 raise RunInterrupted(signals.requested())
             run_dir, config, active, task, seed = item
             source, target = load_task(config.data, task)
-            results.append(execute_run(config, active, task, source, target, run_dir, seed))
+            try:
+                results.append(execute_run(config, active, task, source, target, run_dir, seed))
+            except RUN_FAILURES as err:
+                _failed(on_failure, [run_dir], err)
     return results
 
 

@@ -11,7 +11,8 @@ import signal
 import sys
 
 from tladapt.cli import advise, cluster, config, datasets, distance, plot, plugins, run, select, sweep, table
-from tladapt.errors import ConfigError, PluginError, RunFailed, RunInterrupted, TrainingDiverged
+from tladapt.errors import (EXIT_BAD_INPUT, EXIT_RUN_FAILED, ConfigError, PluginError, RunFailed, RunInterrupted,
+                            TrainingDiverged)
 
 #: The sub-command modules, in ``--help`` order.
 COMMANDS = (run, plugins, config, datasets, table, select, sweep, plot, distance, advise, cluster)
@@ -52,9 +53,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 DEBUG_HELP = "on an error, show the full traceback instead of one line"
-
-#: Exit status of each kind of error (docs/runs.md).
-EXIT_RUN_FAILED, EXIT_BAD_INPUT = 1, 2
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,7 +9,7 @@ from importlib import resources
 from pathlib import Path
 
 from tladapt.cli.args import add_enable_arg, add_plugin_arg, add_set_arg
-from tladapt.errors import ConfigError
+from tladapt.errors import EXIT_RUN_FAILED, ConfigError
 
 DEFAULT_CONFIGS = ("default_digits.toml", "default_digits_dann.toml", "default.toml", "default_dann.toml")
 
@@ -33,6 +33,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                           "runs and resuming their unfinished ones instead of starting over")
     add_plugin_arg(run)
     add_enable_arg(run)
+    run.add_argument("--keep-going", action="store_true",
+                     help="a run that fails (a plugin raised, the loss diverged) does not stop the runs after it: "
+                          "it stays marked failed, the others train, and the command lists the failed runs and "
+                          "exits with status 1 at the end")
     run.add_argument("--show-oracle", action="store_true",
                      help="also show the oracle target accuracy (it reads target labels) while training")
     run.set_defaults(func=main)
@@ -54,16 +58,18 @@ def _run(args, main: bool) -> int:
     from tladapt.experiment import prepare_all, progress_for, resume_runs, run_experiment
     from tladapt.tables import build_table, render_table
 
+    failures: list[tuple[Path, Exception]] = []
+    on_failure = (lambda run_dir, err: failures.append((run_dir, err))) if args.keep_going else None
     if args.resume and Path(args.resume).is_dir():
         given = [flag for flag, value in (("CONFIG", args.configs), ("--set", args.set), ("--seeds", args.seeds),
                                           ("--runs-dir", args.runs_dir), ("--init-from", args.init_from)) if value]
         if given:
             raise ConfigError(f"--resume {args.resume} continues runs with their saved configs: "
                               f"{', '.join(given)} cannot change them")
-        results = resume_runs(args.resume, args.plugin)
+        results = resume_runs(args.resume, args.plugin, on_failure)
         if main:
             print(render_table(build_table(results)))
-        return 0
+        return _report_failures(failures, main)
     if args.resume:  # --resume CONFIG.toml: the config to run again with resume
         if not Path(args.resume).is_file():
             raise ConfigError(f"--resume {args.resume}: no such run directory or config file")
@@ -79,12 +85,25 @@ def _run(args, main: bool) -> int:
     results = []
     progress = progress_for(configs, oracle=args.show_oracle)
     for config in configs:
-        results += run_experiment(config, args.plugin, progress, resume=args.resume is not None)
+        results += run_experiment(config, args.plugin, progress, resume=args.resume is not None,
+                                  on_failure=on_failure)
     progress.close()
     if not main:
         return 0
-    print(render_table(build_table(results)))
-    print(f"\nRun directories (TensorBoard: tensorboard --logdir {configs[0].experiment.runs_dir}):")
+    if results:
+        print(render_table(build_table(results)))
+        print(f"\nRun directories (TensorBoard: tensorboard --logdir {configs[0].experiment.runs_dir}):")
     for r in results:
         print(f"  {r['run_dir']}")
-    return 0
+    return _report_failures(failures, main)
+
+
+def _report_failures(failures: list[tuple[Path, Exception]], main: bool) -> int:
+    """Under ``--keep-going``: list the runs that failed on stderr, one line each; the exit
+    status: 1 when any failed (as without ``--keep-going``), else 0."""
+    if failures and main:
+        print(f"\ntladapt: error: {len(failures)} run(s) failed (marked failed; retry them with "
+              "tladapt run --resume RUN_DIR):", file=sys.stderr)
+        for run_dir, err in failures:
+            print(f"  {run_dir}: {type(err).__name__}: {err}", file=sys.stderr)
+    return EXIT_RUN_FAILED if failures else 0
