@@ -18,6 +18,7 @@ import torch
 from scipy.optimize import minimize
 
 import tladapt.weighting as W
+from tladapt.weighting import common, discriminative, kliep, kmm, kmm_solvers
 from tladapt.discrepancy import kernel_bandwidths
 from tladapt.weighting import (
     KLIEP,
@@ -259,7 +260,7 @@ def test_projection_and_oracle_are_exact():
     r = np.random.default_rng(9)
     for B, lo, hi in [(2.0, 30.0, 35.0), (math.inf, 5.0, 6.0), (1.0, 0.0, 3.0), (0.5, 10.0, 10.0)]:
         v = torch.tensor(r.normal(0.3, 1.0, 40))
-        p = W._project(v, B, lo, hi)
+        p = kmm_solvers._project(v, B, lo, hi)
         # brute force: the same projection by SLSQP
         res = minimize(
             lambda x: 0.5 * ((x - v.numpy()) ** 2).sum(), np.clip(v.numpy(), 0, min(B, 1)),
@@ -270,7 +271,7 @@ def test_projection_and_oracle_are_exact():
         )
         np.testing.assert_allclose(p.numpy(), res.x, atol=1e-6)
         g = torch.tensor(r.normal(0.0, 1.0, 40))
-        lmo = W._lmo_value(g, B, lo, hi)
+        lmo = kmm_solvers._lmo_value(g, B, lo, hi)
         from scipy.optimize import linprog
 
         lp = linprog(g.numpy(), A_ub=np.vstack([np.ones(40), -np.ones(40)]), b_ub=[hi, -lo],
@@ -430,14 +431,22 @@ BAD_INPUTS = [
 ]
 
 
+def forbid(monkeypatch, names, fn):
+    """Replace each of ``names`` by ``fn`` wherever the estimators look it up: in every module of
+    the package that has it (a name imported into a module is looked up there)."""
+    for module in (common, kmm_solvers, kmm, kliep, discriminative):
+        for name in names:
+            if hasattr(module, name):
+                monkeypatch.setattr(module, name, fn)
+
+
 @pytest.mark.parametrize("name", list(ESTIMATORS))
 @pytest.mark.parametrize("make, message", BAD_INPUTS)
 def test_bad_input_raises_before_any_work(name, make, message, monkeypatch):
     def boom(*a, **k):
         raise AssertionError("work started before validation")
 
-    for fn in ("_kernel_block", "median_sigma", "solve_kmm_qp", "gaussian_kernel", "_kliep_learn"):
-        monkeypatch.setattr(W, fn, boom)
+    forbid(monkeypatch, ("_kernel_block", "median_sigma", "solve_kmm_qp", "gaussian_kernel", "_kliep_learn"), boom)
     xs, xt = two_gaussians_2d(20, seed=11)
     s, t = make(xs, xt)
     with pytest.raises(ValueError, match=message):
@@ -462,8 +471,7 @@ def test_bad_input_raises_before_any_work(name, make, message, monkeypatch):
     ],
 )
 def test_kmm_bad_parameters(kwargs, message, monkeypatch):
-    monkeypatch.setattr(W, "_kernel_block", lambda *a, **k: pytest.fail("work started"))
-    monkeypatch.setattr(W, "solve_kmm_qp", lambda *a, **k: pytest.fail("work started"))
+    forbid(monkeypatch, ("_kernel_block", "solve_kmm_qp"), lambda *a, **k: pytest.fail("work started"))
     xs, xt = two_gaussians_2d(20, seed=12)
     with pytest.raises(ValueError, match=message):
         kmm_weights(xs, xt, **kwargs)
