@@ -1,10 +1,13 @@
 """`tladapt advise`: cross-validation on the labelled target samples only, the k = 1 rule, the
 classic rule beside it, and its messages (no labels, where --verify writes, progress)."""
 
+import math
+
 import pytest
 import torch
 
-from tladapt.advice import advise_task, choose_regime, cross_validate_regimes, train_per_class
+from tladapt.advice import (K1_MIN_SAMPLES, advise_task, choose_regime, cross_validate_regimes, decide,
+                            default_regime, paired_gain, train_per_class)
 from tladapt.cli import main
 from tladapt.config import load_config
 from tladapt.data import Domain
@@ -25,9 +28,54 @@ def test_choose_regime_keeps_finetune_all_unless_beaten_by_the_margin():
     scores = {"linear_top": [50.0, 52.0], "finetune_all": [60.0, 60.0], "linear_early": [40.0, 40.0],
               "from_source": [61.0, 60.8]}
     assert choose_regime(scores, margin=1.0)[0] == "finetune_all"  # 60.9 beats 60.0 by 0.9 < 1
-    assert choose_regime(scores, margin=0.5)[0] == "from_source"
+    assert choose_regime(scores, margin=0.5)[0] == "from_source"  # gains 1.0, 0.8: 0.9 ± 0.1
     regime, reason = choose_regime({**scores, "linear_top": [70.0, 70.0]})
-    assert regime == "linear_top" and "70.0%" in reason
+    assert regime == "linear_top" and "70.0%" in reason and "+10.0 ± 0.0 points over finetune_all" in reason
+
+
+def test_the_paired_gain_and_its_standard_error_over_the_folds():
+    scores = {"finetune_all": [60.0, 60.0, 60.0], "from_source": [62.0, 60.0, 64.0]}
+    gain, se = paired_gain(scores, "from_source")  # gains 2, 0, 4: mean 2, stdev 2, se 2 / sqrt(3)
+    assert gain == pytest.approx(2.0) and se == pytest.approx(2.0 / 3 ** 0.5)
+    assert paired_gain(scores, "finetune_all", baseline="from_source")[0] == pytest.approx(-2.0)
+    assert paired_gain({"finetune_all": [50.0], "from_source": [60.0]}, "from_source") == (10.0, math.inf)
+
+
+def test_choose_regime_switches_only_when_the_gain_clears_its_noise():
+    scores = {"linear_top": [40.0, 40.0, 40.0], "finetune_all": [60.0, 60.0, 60.0],
+              "linear_early": [40.0, 40.0, 40.0], "from_source": [62.0, 60.0, 64.0]}  # +2 ± 1.15
+    assert choose_regime(scores, noise=1.0)[0] == "from_source"
+    regime, reason = choose_regime(scores, noise=2.0)  # 2 < 2 x 1.15
+    assert regime == "finetune_all" and "best: from_source +2.0 ± 1.2" in reason
+    # a larger mean gain that one fold contradicts: +3.7 ± 4.9 points is noise (round 1 switched on it)
+    noisy = {**scores, "from_source": [60.0, 60.0, 60.0], "linear_top": [70.0, 54.0, 67.0]}
+    assert choose_regime(noisy, noise=1.0)[0] == "finetune_all" and choose_regime(noisy, noise=0.0)[0] == "linear_top"
+    # two regimes clear it: the better mean wins, not the larger z
+    both = {**scores, "linear_early": [70.0, 66.0, 74.0]}
+    assert choose_regime(both, noise=1.0)[0] == "linear_early"
+    # a new head: from_source is the default that the others must beat
+    assert choose_regime(scores, default="from_source")[0] == "from_source"
+    assert choose_regime({**scores, "finetune_all": [66.0, 64.0, 68.0]}, default="from_source")[0] == "finetune_all"
+
+
+def test_decide_from_the_recorded_measurements():
+    cv = {"linear_top": [40.0, 40.0, 40.0], "finetune_all": [60.0, 60.0, 60.0],
+          "linear_early": [40.0, 40.0, 40.0], "from_source": [60.5, 60.0, 61.0]}
+    assert decide(cv, 35.0, 10.0)[:2] == ("finetune_all", "cross-validation")  # +0.5 < 1 point
+    assert decide(cv, None, 10.0)[:2] == ("from_source", "cross-validation")  # a new head: the default
+    assert default_regime(new_head=True) == "from_source" and default_regime(new_head=False) == "finetune_all"
+    # k = 1 (no cross-validation): a new head; a source head above / at chance on 10 samples
+    assert decide({}, None, 20.0)[:2] == ("from_source", "k = 1, a new head")
+    assert decide({}, 30.0, 10.0)[:2] == ("finetune_all", "source accuracy")
+    regime, basis, reason = decide({}, 10.0, 10.0)
+    assert (regime, basis) == ("from_source", "source accuracy") and "not above chance, 10.0%" in reason
+    assert decide({}, 20.0, 20.0)[0] == "from_source"  # 5 samples: K1_MIN_SAMPLES
+    # a binary task: 2 labelled samples; 0 or 50 % says nothing, finetune_all stays
+    assert K1_MIN_SAMPLES == 5
+    for acc in (0.0, 50.0, 100.0):
+        assert decide({}, acc, 50.0)[0] == "finetune_all"
+    assert "on 2 samples that does not tell" in decide({}, 50.0, 50.0)[2]
+    assert decide({}, 25.0, 25.0)[0] == "finetune_all"  # 4 samples
 
 
 def test_cross_validation_reads_only_the_labelled_samples(fast_config, source_model, monkeypatch):
@@ -68,7 +116,7 @@ def test_one_label_per_class_uses_the_source_heads_accuracy(fast_config, source_
     [src] = run_experiment(fast_config(TWO, "data.source_classes=[0, 1, 2, 3, 4]",
                                        "data.target_classes=[0, 1, 2, 3, 4]"))
     b = advise_task(other, "webcam->dslr", src["run_dir"])
-    assert b.source_acc_labelled is None and b.regime == "finetune_all" and b.basis == "k = 1, a new head"
+    assert b.source_acc_labelled is None and b.regime == "from_source" and b.basis == "k = 1, a new head"
 
 
 @pytest.mark.slow

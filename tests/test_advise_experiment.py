@@ -20,9 +20,13 @@ def load_experiment():
     return mod
 
 
+# k = 1 measurements that tladapt.advice.decide turns into each regime (10 classes, chance 10 %)
+DECIDES = {"finetune_all": 30.0, "from_source": None}  # a source head above chance; a new head
+
+
 def record(accs, advised, classic="linear_top", cell_set="heldout"):
-    return {"set": cell_set, "dataset": "d", "task": "a->b", "k": 3, "accs": accs, "advised": advised,
-            "classic": classic}
+    return {"set": cell_set, "dataset": "d", "task": "a->b", "k": 1, "accs": accs, "cv": [{} for _ in advised],
+            "source_acc_labelled": [DECIDES[r] for r in advised], "chance": 10.0, "classic": classic}
 
 
 def test_score_and_summary_count_cells_within_one_point_and_below_finetune_all():
@@ -30,14 +34,28 @@ def test_score_and_summary_count_cells_within_one_point_and_below_finetune_all()
     accs = {"linear_top": [50.0, 52.0], "finetune_all": [60.0, 62.0], "linear_early": [40.0, 40.0],
             "from_source": [63.0, 61.5]}  # means 51, 61, 40, 62.25: from_source wins
     s = mod.score(record(accs, ["finetune_all", "from_source"]))  # advised per seed: 60.0 then 61.5
+    assert s["picks"] == ["finetune_all", "from_source"]
     assert s["winner"] == "from_source" and s["advised"] == pytest.approx(60.75)
     assert s["gap"] == pytest.approx(1.5) and s["vs_finetune"] == pytest.approx(-0.25)
     assert s["classic_gap"] == pytest.approx(11.25)
+    # the round-1 rule kept finetune_all for a new head at k = 1
+    assert mod.score(record(accs, ["finetune_all", "from_source"]), mod.rule_v1)["picks"] == ["finetune_all"] * 2
     near = record(accs, ["from_source", "from_source"], classic="from_source")
     text, summary = mod.table([record(accs, ["finetune_all", "from_source"]), near])
     assert summary == ["heldout: advice at the winner or within 1 point in 1 of 2 cells (50 %); below finetune_all "
-                       "in 1 cells (0 by more than 1 point); the classic rule within 1 point in 1 of 2"]
+                       "in 1 cells (0 by more than 1 point); the round-1 rule within 1 point in 0 of 2 (below "
+                       "finetune_all in 0); the classic rule within 1 point in 1 of 2"]
     assert text.count("\n") == 3  # header, rule, two cells
+
+
+def test_the_round_1_rule_decides_again_what_round_1_recorded():
+    """The table decides every cell again from its recorded measurements; the rule of round 1
+    applied to them gives exactly the regimes round 1's runs advised and recorded."""
+    mod = load_experiment()
+    raw = json.loads((ROOT / "experiments" / "advise" / "results.json").read_text())
+    first = [r for r in raw if r["set"] == "heldout"]
+    assert len(first) == 28
+    assert [mod.advised(r, mod.rule_v1) for r in first] == [r["advised"] for r in first]
 
 
 @pytest.mark.slow

@@ -7,24 +7,29 @@ distances it needs do not measure the similarity that matters, and in domain ada
 source head is a strong prior the rule ignores. The advice here is computed instead
 (:func:`advise_task`):
 
+The default is the regime a wrong call should fall back to (:func:`default_regime`):
+``finetune_all`` when the source head predicts the target's classes, ``from_source`` when the
+target's classes are other ones (a new head: every different-task SURF design cell at
+k <= 10 was won by it).
+
 * **k >= 2 labelled samples per class**: cross-validate the four regimes on the labelled
   samples alone (:func:`cross_validate_regimes`). Each of ``folds`` seeded stratified splits
   trains every regime on about two thirds of them (``k_train`` per class, the trainer's own
   k-shot split rule, :func:`tladapt.data.tasks.split_target`) and scores it on the rest; the
   fine-tuning regimes run the real trainer for ``steps`` steps from the shared source model,
-  the linear ones fit on its frozen features. The advice is the best mean, except that
-  ``finetune_all`` is kept unless another regime beats it by ``margin`` points: it is the
-  default a wrong call should fall back to.
-* **k = 1**: one sample per class cannot be split. The signal ``experiments/inductive.md``
-  found informative is the source model's accuracy on the labelled samples: when the
-  source head predicts the target's classes and does better than chance on them, keep it and
-  fine-tune gently (``finetune_all``); at or below chance, its head carries nothing, so
-  start a new head at the full learning rate (``from_source``). A target task of other
-  classes has no source head to measure; ``finetune_all`` (a new head, a gentle backbone).
+  the linear ones fit on its frozen features. Another regime replaces the default only when
+  its gain over it, paired fold by fold, clears ``margin`` points and ``noise`` standard
+  errors (:func:`choose_regime`): 1 or 2 held-out samples per class make single folds noisy.
+* **k = 1**: one sample per class cannot be split. A new head: the default, ``from_source``.
+  A source head: its accuracy on the labelled samples; at or below chance its head carries
+  nothing (``from_source``), above it keep it and fine-tune gently (``finetune_all``); on
+  fewer than :data:`K1_MIN_SAMPLES` samples (a binary task: 2) the accuracy is too coarse to
+  act on, ``finetune_all``.
 * **k = 0**: no advice. Which regime wins depends on how the target's labels relate to the
   features; a distance between unlabelled domains does not say (``experiments/inductive.md``).
 
-The classic rule's pick is computed beside it for reference.
+The decision (:func:`decide`) is a pure function of what was measured, so a recorded
+measurement can be decided again. The classic rule's pick is computed beside it for reference.
 """
 
 from __future__ import annotations
@@ -51,7 +56,11 @@ SIMILAR_BELOW = 1.0
 FOLDS = 3
 """Cross-validation splits of the labelled samples (k >= 2)."""
 MARGIN = 1.0
-"""Points by which a regime must beat ``finetune_all`` in cross-validation to be advised."""
+"""Points by which a regime must beat the default (:func:`default_regime`) in cross-validation to be advised."""
+NOISE = 0.5
+"""Paired standard errors (over the folds) by which it must beat the default, too."""
+K1_MIN_SAMPLES = 5
+"""k = 1: labelled samples (one per class) below which the source head's accuracy is too coarse to act on."""
 
 
 # ---------------------------------------------------------------- the classic rule (for reference)
@@ -194,19 +203,95 @@ def cross_validate_regimes(config: Config, model_dir: str | Path, labelled: Doma
     return scores
 
 
-def choose_regime(scores: dict[str, list[float]], margin: float = MARGIN) -> tuple[str, str]:
-    """The advised regime from cross-validation scores: the best mean, unless it beats
-    ``finetune_all`` by less than ``margin`` points (then ``finetune_all``).
+def default_regime(new_head: bool) -> str:
+    """The regime advised unless the measurements clear their noise: ``finetune_all`` when the
+    source head predicts the target's classes (a strong prior, fine-tuned gently), else
+    ``from_source`` (a new head has nothing to protect: train it and the backbone at the full
+    learning rate; it won every different-task SURF design cell at k <= 10 in
+    ``experiments/advise.md``, by 7-16 points)."""
+    return "from_source" if new_head else "finetune_all"
+
+
+def paired_gain(scores: dict[str, list[float]], regime: str, baseline: str = "finetune_all") -> tuple[float, float]:
+    """Mean and standard error of ``regime``'s gain over ``baseline``, fold by fold.
+
+    Both were scored on the same held-out samples of each fold, so the gain is paired:
+    ``d_f = scores[regime][f] - scores[baseline][f]``; the standard error is
+    ``stdev(d) / sqrt(folds)`` (``inf`` with one fold: no noise estimate).
+
+    Returns:
+        ``(mean gain, standard error)`` in points.
+    """
+    d = [a - b for a, b in zip(scores[regime], scores[baseline], strict=True)]
+    se = statistics.stdev(d) / math.sqrt(len(d)) if len(d) > 1 else math.inf
+    return statistics.fmean(d), se
+
+
+def choose_regime(scores: dict[str, list[float]], margin: float = MARGIN, noise: float = NOISE,
+                  default: str = "finetune_all") -> tuple[str, str]:
+    """The advised regime from cross-validation scores (regime -> accuracy (%) per fold).
+
+    ``default`` (:func:`default_regime`) is advised unless another regime's paired gain over
+    it (:func:`paired_gain`) clears both ``margin`` points and ``noise`` standard errors;
+    among the regimes that clear it, the best mean accuracy.
 
     Returns:
         ``(regime, one-line reason with the numbers)``.
     """
     means = {r: statistics.fmean(v) for r, v in scores.items()}
-    best = max(means, key=lambda r: (means[r], r == "finetune_all"))
-    if best != "finetune_all" and means[best] - means["finetune_all"] < margin:
-        return "finetune_all", (f"cross-validation: {best} {means[best]:.1f}% does not beat finetune_all "
-                                f"{means['finetune_all']:.1f}% by {margin:g} points")
-    return best, f"cross-validation: best mean accuracy on held-out labelled samples ({means[best]:.1f}%)"
+    gains = {r: paired_gain(scores, r, default) for r in scores if r != default}
+    clear = [r for r, (g, se) in gains.items() if g >= margin and g >= noise * se]
+    if not clear:
+        best = max(gains, key=lambda r: (gains[r][0], r))
+        g, se = gains[best]
+        return default, (f"cross-validation: no regime beats {default} ({means[default]:.1f}%) by {margin:g} points "
+                         f"and {noise:g} standard errors (best: {best} {g:+.1f} ± {se:.1f})")
+    best = max(clear, key=lambda r: (means[r], r))
+    g, se = gains[best]
+    return best, (f"cross-validation: {means[best]:.1f}% on held-out labelled samples, {g:+.1f} ± {se:.1f} points "
+                  f"over {default}")
+
+
+def decide(cv: dict[str, list[float]], source_acc: float | None, chance: float, margin: float = MARGIN,
+           noise: float = NOISE) -> tuple[str, str, str]:
+    """The advice from what :func:`advise_task` measured; a pure function of its inputs, so a
+    recorded measurement can be decided again (``experiments/advise/run.py`` does).
+
+    * ``cv`` given (k >= 2): :func:`choose_regime` from :func:`default_regime`.
+    * k = 1, a new head (``source_acc`` None): :func:`default_regime`, ``from_source``.
+    * k = 1, a source head: ``finetune_all``, unless its accuracy on the labelled samples is
+      at or below chance on at least :data:`K1_MIN_SAMPLES` of them (then its head carries
+      nothing: ``from_source``). With fewer (2 samples of a binary task) the accuracy takes
+      only 0, 50 or 100 %, and a head right 70 % of the time is "at chance" half the time.
+
+    Args:
+        cv: regime -> cross-validated accuracies (%) per fold; empty when k = 1.
+        source_acc: the source head's accuracy (%) on the labelled samples; None when no
+            source head predicts the target's classes (a new head).
+        chance: 100 / number of target classes (%); at k = 1, 100 / number of labelled samples.
+        margin, noise: of :func:`choose_regime`.
+
+    Returns:
+        ``(regime, basis, reason)``.
+    """
+    if cv:
+        regime, reason = choose_regime(cv, margin, noise, default_regime(source_acc is None))
+        return regime, "cross-validation", reason
+    if source_acc is None:
+        return ("from_source", "k = 1, a new head",
+                "one labelled sample per class cannot be cross-validated and no source head predicts these classes: "
+                "a new head, trained with the backbone at the full learning rate")
+    samples = round(100.0 / chance)
+    at_chance = source_acc <= chance
+    if at_chance and samples >= K1_MIN_SAMPLES:
+        return ("from_source", "source accuracy",
+                f"one labelled sample per class; the source head gets {source_acc:.1f}% of them (not above chance, "
+                f"{chance:.1f}%): its head carries nothing, a new head at the full learning rate")
+    why = ("above chance" if not at_chance else
+           f"not above chance, {chance:.1f}%, but on {samples} samples that does not tell")
+    return ("finetune_all", "source accuracy",
+            f"one labelled sample per class; the source head gets {source_acc:.1f}% of them ({why}): keep it and "
+            f"fine-tune gently")
 
 
 # ---------------------------------------------------------------- the advice
@@ -258,7 +343,7 @@ class Advice:
 
 
 def advise_task(config: Config, task: str, model_dir: str | Path, seed: int | None = None, *, steps: int = 300,
-                folds: int = FOLDS, margin: float = MARGIN, small_below: float = SMALL_BELOW,
+                folds: int = FOLDS, margin: float = MARGIN, noise: float = NOISE, small_below: float = SMALL_BELOW,
                 similar_below: float = SIMILAR_BELOW, progress=None,
                 distances: dict[str, dict[str, float]] | None = None) -> Advice:
     """Advise a regime for one task from its labelled target samples and a source model.
@@ -269,8 +354,8 @@ def advise_task(config: Config, task: str, model_dir: str | Path, seed: int | No
         model_dir: the source model's run directory (shared by every regime).
         seed: whose labelled split to use (default: the config's first seed), as a trainer
             run of that seed draws it.
-        steps, folds, margin: of the cross-validation (:func:`cross_validate_regimes`,
-            :func:`choose_regime`).
+        steps, folds, margin, noise: of the cross-validation (:func:`cross_validate_regimes`,
+            :func:`choose_regime`); the decision is :func:`decide`.
         small_below, similar_below: thresholds of the classic rule (:func:`recommend`).
         progress: as :func:`cross_validate_regimes`.
         distances: the classic rule's distances, when already measured for this task and
@@ -294,18 +379,5 @@ def advise_task(config: Config, task: str, model_dir: str | Path, seed: int | No
     if int(torch.bincount(labelled.y).max()) >= 2:
         advice.cv = cross_validate_regimes(config, model_dir, labelled, early, task.split("->")[0].strip(), folds,
                                            steps, seed, progress)
-        advice.regime, advice.reason = choose_regime(advice.cv, margin)
-        advice.basis = "cross-validation"
-    elif source_acc is None:
-        advice.regime, advice.basis = "finetune_all", "k = 1, a new head"
-        advice.reason = ("one labelled sample per class cannot be cross-validated and no source head predicts "
-                         "these classes: fine-tune everything gently with a new head")
-    else:
-        advice.basis = "source accuracy"
-        above = source_acc > chance
-        advice.regime = "finetune_all" if above else "from_source"
-        advice.reason = (f"one labelled sample per class; the source head gets {source_acc:.1f}% of them "
-                         f"({'above' if above else 'not above'} chance, {chance:.1f}%): "
-                         + ("keep it and fine-tune gently" if above else "its head carries nothing: a new head "
-                            "at the full learning rate"))
+    advice.regime, advice.basis, advice.reason = decide(advice.cv, source_acc, chance, margin, noise)
     return advice

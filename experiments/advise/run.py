@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 from tabulate import tabulate
 
-from tladapt.advice import advise_task
+from tladapt.advice import advise_task, decide
 from tladapt.config import load_config, parse_seeds
 from tladapt.experiment import run_experiment
 from tladapt.transfer import REGIMES, run_regimes
@@ -40,6 +40,8 @@ K = [1, 3, 10, 1000]  # 1000: every labelled sample but one per class ("all - 1"
 SHORT = {"linear_top": "1", "finetune_all": "2", "linear_early": "3", "from_source": "4"}
 DIGITS_LOW, DIGITS_HIGH = list(range(5)), list(range(5, 10))
 COIL_LOW, COIL_HIGH = [f"obj{i}" for i in range(1, 11)], [f"obj{i}" for i in range(11, 21)]
+SURF_LOW, SURF_HIGH = list(range(5)), list(range(5, 10))
+CELL_SETS = ("design", "heldout", "heldout2")
 
 # (cell set, dataset, task, source classes, target classes)
 TASKS = [
@@ -47,6 +49,9 @@ TASKS = [
     ("design", "office_caltech10_surf", "amazon->dslr", [], []),
     ("design", "office_caltech10_surf", "dslr->webcam", [], []),
     ("design", "office_caltech10_surf", "amazon->webcam", [], []),
+    # design cells of a different target task (a new head), added before round 2
+    ("design", "office_caltech10_surf", "amazon->webcam", SURF_LOW, SURF_HIGH),
+    ("design", "office_caltech10_surf", "webcam->dslr", SURF_HIGH, SURF_LOW),
     # held out, one task of each dataset first (an interrupted run still covers every dataset)
     ("heldout", "mnist_usps_jda", "mnist->usps", [], []),
     ("heldout", "coil20_jda", "coil1->coil2", [], []),
@@ -55,6 +60,14 @@ TASKS = [
     ("heldout", "coil20_jda", "coil1->coil2", COIL_LOW, COIL_HIGH),
     ("heldout", "amazon_review_400", "electronics->dvd", [], []),
     ("heldout", "mnist_usps_jda", "usps->mnist", [], []),
+    # round 2: cells the revised rule was neither designed nor revised on (one of each dataset first)
+    ("heldout2", "mnist_usps_jda", "usps->mnist", DIGITS_HIGH, DIGITS_LOW),
+    ("heldout2", "coil20_jda", "coil2->coil1", COIL_HIGH, COIL_LOW),
+    ("heldout2", "amazon_review_400", "dvd->books", [], []),
+    ("heldout2", "coil20_jda", "coil2->coil1", [], []),
+    ("heldout2", "mnist_usps_jda", "mnist->usps", DIGITS_HIGH, DIGITS_LOW),
+    ("heldout2", "amazon_review_400", "kitchen->electronics", [], []),
+    ("heldout2", "amazon_review_400", "books->dvd", [], []),
 ]
 
 
@@ -81,7 +94,7 @@ def overrides(dataset, task, source_classes, target_classes, runs_dir, same_task
 EXTRA: list[str] = []  # --set overrides given on the command line, applied to every config (smoke tests)
 
 
-def run(cells: str, seeds: list[int], steps: int, runs_dir: str, existing: list[dict], save=None,
+def run(cells: list[str], seeds: list[int], steps: int, runs_dir: str, existing: list[dict], save=None,
         tasks: list[str] | None = None, ks: list[int] = K) -> list[dict]:
     """Measure the cells of one cell set (only ``tasks``' labels and ``ks`` when given) and
     return ``existing`` with them added or replaced, in the order of TASKS x K. A cell of
@@ -96,7 +109,7 @@ def run(cells: str, seeds: list[int], steps: int, runs_dir: str, existing: list[
 
     for cell_set, dataset, task, src_cls, tgt_cls in TASKS:
         label = task_label(task, src_cls, tgt_cls)
-        if cell_set != cells or (tasks and label not in tasks):
+        if cell_set not in cells or (tasks and label not in tasks):
             continue
         model_dir, distances = None, None
         for k in ks:
@@ -119,52 +132,85 @@ def run(cells: str, seeds: list[int], steps: int, runs_dir: str, existing: list[
                 "extra": list(EXTRA), "source_run": model_dir, "accs": accs, "advised": [a.regime for a in advice],
                 "basis": [a.basis for a in advice], "cv": [a.cv for a in advice],
                 "source_acc_labelled": [a.source_acc_labelled for a in advice],
-                "labels_per_class": advice[0].labels_per_class, "classic": advice[0].classic}
+                "labels_per_class": advice[0].labels_per_class, "chance": advice[0].chance,
+                "classic": advice[0].classic}
             if save:
                 save(ordered())
             print(table([cells_by_key[(cell_set, label, k)]])[0].splitlines()[-1], file=sys.stderr, flush=True)
     return ordered()
 
 
-def score(rec: dict) -> dict:
-    """Winner, advised strategy accuracy, finetune_all's, the classic rule's, per cell."""
+def rule_v1(cv: dict, source_acc: float | None, chance: float) -> str:
+    """The rule of round 1 (before the revision; kept to compare): the best cross-validated
+    mean unless it beats finetune_all by less than 1 point; k = 1: finetune_all, or
+    from_source when a source head is at or below chance."""
+    if cv:
+        means = {r: statistics.fmean(v) for r, v in cv.items()}
+        best = max(means, key=lambda r: (means[r], r == "finetune_all"))
+        return "finetune_all" if best != "finetune_all" and means[best] - means["finetune_all"] < 1.0 else best
+    return "finetune_all" if source_acc is None or source_acc > chance else "from_source"
+
+
+def advised(rec: dict, rule=None) -> list[str]:
+    """The regime advised per seed, decided again from the cell's recorded measurements (the
+    cross-validation scores, the source head's accuracy on the labelled samples, chance):
+    by :func:`tladapt.advice.decide` (``rule`` None) or by ``rule``, e.g. :func:`rule_v1`."""
+    rule = rule or (lambda cv, acc, chance: decide(cv, acc, chance)[0])
+    return [rule(cv, acc, rec["chance"]) for cv, acc in zip(rec["cv"], rec["source_acc_labelled"], strict=True)]
+
+
+def score(rec: dict, rule=None) -> dict:
+    """Winner, the advised strategy's accuracy (``advised(rec, rule)`` per seed), its gap to
+    the winner and to finetune_all, and the classic rule's gap, for one cell."""
     accs = rec["accs"]
     means = {r: statistics.fmean(v) for r, v in accs.items()}
     winner = max(means, key=lambda r: (round(means[r], 2), r == "finetune_all"))
-    advised = statistics.fmean(accs[r][i] for i, r in enumerate(rec["advised"]))
-    return {"means": means, "winner": winner, "advised": advised, "gap": means[winner] - advised,
-            "vs_finetune": advised - means["finetune_all"], "classic_gap": means[winner] - means[rec["classic"]]}
+    picks = advised(rec, rule)
+    acc = statistics.fmean(accs[r][i] for i, r in enumerate(picks))
+    return {"means": means, "winner": winner, "picks": picks, "advised": acc, "gap": means[winner] - acc,
+            "vs_finetune": acc - means["finetune_all"], "classic_gap": means[winner] - means[rec["classic"]]}
+
+
+def summary_line(cell_set: str, recs: list[dict], old: list[dict]) -> str:
+    """One cell set's counts: within 1 point of the winner, below finetune_all, the round-1
+    rule's and the classic rule's counts beside them."""
+    n = len(recs)
+    held = sum(s["gap"] <= 1.0 for s in recs)
+    worse = sum(s["vs_finetune"] < 0 for s in recs)
+    worse1 = sum(s["vs_finetune"] < -1.0 for s in recs)
+    return (f"{cell_set}: advice at the winner or within 1 point in {held} of {n} cells ({100 * held / n:.0f} %); "
+            f"below finetune_all in {worse} cells ({worse1} by more than 1 point); the round-1 rule within 1 point in "
+            f"{sum(s['gap'] <= 1.0 for s in old)} of {n} (below finetune_all in {sum(s['vs_finetune'] < 0 for s in old)}); "
+            f"the classic rule within 1 point in {sum(s['classic_gap'] <= 1.0 for s in recs)} of {n}")
 
 
 def table(raw: list[dict]) -> tuple[str, list[str]]:
+    """The markdown table of ``raw``'s cells (advice by :func:`tladapt.advice.decide`, the
+    round-1 rule beside it) and one summary line per cell set."""
     rows, summary = [], []
     for rec in raw:
-        s = score(rec)
+        s, v1 = score(rec), score(rec, rule_v1)
         rows.append([rec["set"], rec["dataset"], rec["task"], "all-1" if rec["k"] == 1000 else rec["k"],
                      *(f"{s['means'][r]:.1f}" for r in REGIMES), SHORT[s["winner"]],
-                     ",".join(SHORT[r] for r in rec["advised"]), f"{s['advised']:.1f}", f"{s['gap']:+.1f}",
+                     ",".join(SHORT[r] for r in s["picks"]), f"{s['advised']:.1f}", f"{s['gap']:+.1f}",
                      f"{s['vs_finetune']:+.1f}", "yes" if s["gap"] <= 1.0 else "no",
+                     ",".join(SHORT[r] for r in v1["picks"]), "yes" if v1["gap"] <= 1.0 else "no",
                      SHORT[rec["classic"]], "yes" if s["classic_gap"] <= 1.0 else "no"])
-    for cell_set in ("design", "heldout"):
-        recs = [score(r) for r in raw if r["set"] == cell_set]
+    for cell_set in CELL_SETS:
+        recs = [r for r in raw if r["set"] == cell_set]
         if recs:
-            held = sum(s["gap"] <= 1.0 for s in recs)
-            worse = sum(s["vs_finetune"] < 0 for s in recs)
-            worse1 = sum(s["vs_finetune"] < -1.0 for s in recs)
-            classic = sum(s["classic_gap"] <= 1.0 for s in recs)
-            summary.append(f"{cell_set}: advice at the winner or within 1 point in {held} of {len(recs)} cells "
-                           f"({100 * held / len(recs):.0f} %); below finetune_all in {worse} cells ({worse1} by more "
-                           f"than 1 point); the classic rule within 1 point in {classic} of {len(recs)}")
+            summary.append(summary_line(cell_set, [score(r) for r in recs], [score(r, rule_v1) for r in recs]))
     headers = ["set", "dataset", "task", "k", *(f"{SHORT[r]} {r}" for r in REGIMES), "winner",
                "advised per seed", "advised acc", "winner - advised", "advised - finetune_all", "within 1",
-               "classic", "classic within 1"]
+               "round-1 rule", "round-1 within 1", "classic", "classic within 1"]
     return tabulate(rows, headers=headers, tablefmt="github"), summary
 
 
 def main() -> int:
     torch.set_num_threads(1)
     ap = argparse.ArgumentParser()
-    ap.add_argument("--cells", choices=("design", "heldout"))
+    ap.add_argument("--cells", choices=CELL_SETS, action="append",
+                    help="the cell sets to measure, in this order of TASKS (repeat for several)")
     ap.add_argument("--seeds", default="0-2")
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--runs-dir", default="runs/advise")
@@ -180,7 +226,7 @@ def main() -> int:
     raw = json.loads(results.read_text()) if results.exists() else []
     if not args.table_only:
         if not args.cells:
-            ap.error("--cells design|heldout (or --table-only)")
+            ap.error("--cells design|heldout|heldout2 (or --table-only)")
         raw = run(args.cells, parse_seeds(args.seeds), args.steps, args.runs_dir, raw,
                   save=lambda r: results.write_text(json.dumps(r, indent=1)), tasks=args.task, ks=args.k or K)
         results.write_text(json.dumps(raw, indent=1))

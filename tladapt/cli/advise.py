@@ -24,7 +24,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     advise.add_argument("--steps", type=int, default=300, help="fine-tuning steps per run (default 300)")
     advise.add_argument("--folds", type=int, default=3, help="cross-validation splits of the labelled samples (default 3)")
     advise.add_argument("--margin", type=float, default=1.0,
-                        help="points a regime must beat finetune_all by in cross-validation (default 1)")
+                        help="points a regime must beat the default (finetune_all; from_source for a new head) by in "
+                             "cross-validation (default 1)")
+    advise.add_argument("--noise", type=float, default=0.5,
+                        help="paired standard errors over the folds it must beat the default by, too (default 0.5)")
     advise.add_argument("--seeds", help="seeds: the first draws the labelled samples advised on; --verify runs all")
     advise.add_argument("--small-below", type=float, default=10.0,
                         help="classic rule, for reference: 'small' below this many labelled samples per class")
@@ -42,6 +45,8 @@ def _print_advice(a, config) -> None:
           f"(data.target_labels_per_class = {a.k}; split of seed {config.experiment.seeds[0]})")
     if a.source_acc_labelled is not None:
         print(f"source model accuracy on the labelled samples: {a.source_acc_labelled:.1f}% (chance {a.chance:.1f}%)")
+    else:
+        print("no source head predicts the target's classes: a new head (default regime: from_source)")
     if a.cv:
         rows = [[REGIMES[r], f"{sum(v) / len(v):.1f}", " ".join(f"{x:.1f}" for x in v)] for r, v in a.cv.items()]
         print(tabulate(rows, headers=["regime", "cross-validated acc (%)", "per fold"], tablefmt="github"))
@@ -76,6 +81,7 @@ def main(args) -> int:
         fits = 4 * args.folds if config.data.target_labels_per_class > 1 else 0
         with tqdm(total=fits, desc=f"advise {task}", unit="fit", disable=None, leave=False) as bar:
             a = advise_task(config, task, sources[task], steps=args.steps, folds=args.folds, margin=args.margin,
+                            noise=args.noise,
                             small_below=args.small_below, similar_below=args.similar_below, progress=bar.update)
         _print_advice(a, config)
         if args.verify:
