@@ -63,6 +63,8 @@ def test_decide_from_the_recorded_measurements():
           "linear_early": [40.0, 40.0, 40.0], "from_source": [60.5, 60.0, 61.0]}
     assert decide(cv, 35.0, 10.0)[:2] == ("finetune_all", "cross-validation")  # +0.5 < 1 point
     assert decide(cv, None, 10.0)[:2] == ("from_source", "cross-validation")  # a new head: the default
+    assert decide(cv, None, 10.0, new_head=False)[0] == "finetune_all"  # source-free: a head, not measured
+    assert decide({}, None, 10.0, new_head=False)[:2] == ("finetune_all", "k = 1, source-free")
     assert default_regime(new_head=True) == "from_source" and default_regime(new_head=False) == "finetune_all"
     # k = 1 (no cross-validation): a new head; a source head above / at chance on 10 samples
     assert decide({}, None, 20.0)[:2] == ("from_source", "k = 1, a new head")

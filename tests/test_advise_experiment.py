@@ -77,6 +77,7 @@ def test_the_advise_experiment_is_reproducible_from_its_command(tmp_path, monkey
     (raw_a, md_a), (raw_b, md_b) = command("a"), command("b")
     assert [r["k"] for r in raw_a] == [1, 3] and all(r["task"] == "webcam->dslr" for r in raw_a)
     assert [r["basis"] for r in raw_a] == [["source accuracy"], ["cross-validation"]]
+    assert [mod.advised(r) for r in raw_a] == [r["advised"] for r in raw_a]  # the table decides as advise_task did
     assert md_a == md_b and "design: advice at the winner or within 1 point in" in md_a
     strip = lambda raw: [{k: v for k, v in r.items() if k != "source_run"} for r in raw]  # noqa: E731
     assert strip(raw_a) == strip(raw_b)

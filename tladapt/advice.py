@@ -253,7 +253,7 @@ def choose_regime(scores: dict[str, list[float]], margin: float = MARGIN, noise:
 
 
 def decide(cv: dict[str, list[float]], source_acc: float | None, chance: float, margin: float = MARGIN,
-           noise: float = NOISE) -> tuple[str, str, str]:
+           noise: float = NOISE, new_head: bool | None = None) -> tuple[str, str, str]:
     """The advice from what :func:`advise_task` measured; a pure function of its inputs, so a
     recorded measurement can be decided again (``experiments/advise/run.py`` does).
 
@@ -270,13 +270,20 @@ def decide(cv: dict[str, list[float]], source_acc: float | None, chance: float, 
             source head predicts the target's classes (a new head).
         chance: 100 / number of target classes (%); at k = 1, 100 / number of labelled samples.
         margin, noise: of :func:`choose_regime`.
+        new_head: whether the target's classes need a new head; None: ``source_acc is None``
+            (a source-free run has a source head whose accuracy is not measured).
 
     Returns:
         ``(regime, basis, reason)``.
     """
+    new_head = source_acc is None if new_head is None else new_head
     if cv:
-        regime, reason = choose_regime(cv, margin, noise, default_regime(source_acc is None))
+        regime, reason = choose_regime(cv, margin, noise, default_regime(new_head))
         return regime, "cross-validation", reason
+    if source_acc is None and not new_head:
+        return ("finetune_all", "k = 1, source-free",
+                "one labelled sample per class cannot be cross-validated and the source head's accuracy is not "
+                "measured in a source-free run: keep the source head and fine-tune gently")
     if source_acc is None:
         return ("from_source", "k = 1, a new head",
                 "one labelled sample per class cannot be cross-validated and no source head predicts these classes: "
@@ -379,5 +386,6 @@ def advise_task(config: Config, task: str, model_dir: str | Path, seed: int | No
     if int(torch.bincount(labelled.y).max()) >= 2:
         advice.cv = cross_validate_regimes(config, model_dir, labelled, early, task.split("->")[0].strip(), folds,
                                            steps, seed, progress)
-    advice.regime, advice.basis, advice.reason = decide(advice.cv, source_acc, chance, margin, noise)
+    advice.regime, advice.basis, advice.reason = decide(advice.cv, source_acc, chance, margin, noise,
+                                                        new_head=not splits.shared_head)
     return advice
