@@ -44,7 +44,8 @@ def test_score_and_summary_count_cells_within_one_point_and_below_finetune_all()
     text, summary = mod.table([record(accs, ["finetune_all", "from_source"]), near])
     assert summary == ["heldout: advice at the winner or within 1 point in 1 of 2 cells (50 %); below finetune_all "
                        "in 1 cells (0 by more than 1 point); the round-1 rule within 1 point in 0 of 2 (below "
-                       "finetune_all in 0); the classic rule within 1 point in 1 of 2"]
+                       "finetune_all in 0); the round-2 rule within 1 point in 1 of 2 (below finetune_all in 1); "
+                       "the classic rule within 1 point in 1 of 2"]
     assert text.count("\n") == 3  # header, rule, two cells
 
 
@@ -56,6 +57,18 @@ def test_the_round_1_rule_decides_again_what_round_1_recorded():
     first = [r for r in raw if r["set"] == "heldout"]
     assert len(first) == 28
     assert [mod.advised(r, mod.rule_v1) for r in first] == [r["advised"] for r in first]
+
+
+def test_the_rules_differ_only_in_their_noise_guard():
+    """Round 2's rule is today's with 0.5 standard errors: a gain of +2 ± 1.15 points switches
+    under it, not under today's 2."""
+    mod = load_experiment()
+    cv = {"linear_top": [40.0, 40.0, 40.0], "finetune_all": [60.0, 60.0, 60.0], "linear_early": [40.0, 40.0, 40.0],
+          "from_source": [62.0, 60.0, 64.0]}
+    rec = {"cv": [cv, {}], "source_acc_labelled": [30.0, None], "chance": 10.0}
+    assert mod.advised(rec, mod.rule_v2) == ["from_source", "from_source"]
+    assert mod.advised(rec) == ["finetune_all", "from_source"]
+    assert mod.advised(rec, mod.rule_v1) == ["from_source", "finetune_all"]
 
 
 @pytest.mark.slow

@@ -41,7 +41,7 @@ SHORT = {"linear_top": "1", "finetune_all": "2", "linear_early": "3", "from_sour
 DIGITS_LOW, DIGITS_HIGH = list(range(5)), list(range(5, 10))
 COIL_LOW, COIL_HIGH = [f"obj{i}" for i in range(1, 11)], [f"obj{i}" for i in range(11, 21)]
 SURF_LOW, SURF_HIGH = list(range(5)), list(range(5, 10))
-CELL_SETS = ("design", "heldout", "heldout2")
+CELL_SETS = ("design", "heldout", "heldout2", "heldout3")
 
 # (cell set, dataset, task, source classes, target classes)
 TASKS = [
@@ -68,6 +68,14 @@ TASKS = [
     ("heldout2", "mnist_usps_jda", "mnist->usps", DIGITS_HIGH, DIGITS_LOW),
     ("heldout2", "amazon_review_400", "kitchen->electronics", [], []),
     ("heldout2", "amazon_review_400", "books->dvd", [], []),
+    # round 3: cells no rule was designed or revised on (the rule was revised after round 2)
+    ("heldout3", "mnist_usps_jda", "usps->mnist", DIGITS_LOW, DIGITS_HIGH),
+    ("heldout3", "coil20_jda", "coil1->coil2", COIL_HIGH, COIL_LOW),
+    ("heldout3", "amazon_review_400", "dvd->electronics", [], []),
+    ("heldout3", "coil20_jda", "coil2->coil1", COIL_LOW, COIL_HIGH),
+    ("heldout3", "mnist_usps_jda", "mnist->usps", DIGITS_LOW, DIGITS_LOW),
+    ("heldout3", "amazon_review_400", "electronics->kitchen", [], []),
+    ("heldout3", "amazon_review_400", "kitchen->books", [], []),
 ]
 
 
@@ -151,6 +159,16 @@ def rule_v1(cv: dict, source_acc: float | None, chance: float) -> str:
     return "finetune_all" if source_acc is None or source_acc > chance else "from_source"
 
 
+def rule_v2(cv: dict, source_acc: float | None, chance: float) -> str:
+    """The rule of round 2 (revised on the design cells, measured on round 2's): today's
+    :func:`tladapt.advice.decide` with 0.5 standard errors instead of 2."""
+    return decide(cv, source_acc, chance, noise=0.5)[0]
+
+
+OLD_RULES = {"round-1 rule": rule_v1, "round-2 rule": rule_v2}
+"""The earlier rules, tabulated beside today's."""
+
+
 def advised(rec: dict, rule=None) -> list[str]:
     """The regime advised per seed, decided again from the cell's recorded measurements (the
     cross-validation scores, the source head's accuracy on the labelled samples, chance):
@@ -171,38 +189,43 @@ def score(rec: dict, rule=None) -> dict:
             "vs_finetune": acc - means["finetune_all"], "classic_gap": means[winner] - means[rec["classic"]]}
 
 
-def summary_line(cell_set: str, recs: list[dict], old: list[dict]) -> str:
-    """One cell set's counts: within 1 point of the winner, below finetune_all, the round-1
-    rule's and the classic rule's counts beside them."""
+def summary_line(cell_set: str, recs: list[dict], old: dict[str, list[dict]]) -> str:
+    """One cell set's counts: within 1 point of the winner, below finetune_all; the earlier
+    rules' (``old``: name -> scores) and the classic rule's counts beside them."""
     n = len(recs)
     held = sum(s["gap"] <= 1.0 for s in recs)
     worse = sum(s["vs_finetune"] < 0 for s in recs)
     worse1 = sum(s["vs_finetune"] < -1.0 for s in recs)
+    earlier = "".join(f"the {name} within 1 point in {sum(s['gap'] <= 1.0 for s in scores)} of {n} (below "
+                      f"finetune_all in {sum(s['vs_finetune'] < 0 for s in scores)}); " for name, scores in old.items())
     return (f"{cell_set}: advice at the winner or within 1 point in {held} of {n} cells ({100 * held / n:.0f} %); "
-            f"below finetune_all in {worse} cells ({worse1} by more than 1 point); the round-1 rule within 1 point in "
-            f"{sum(s['gap'] <= 1.0 for s in old)} of {n} (below finetune_all in {sum(s['vs_finetune'] < 0 for s in old)}); "
+            f"below finetune_all in {worse} cells ({worse1} by more than 1 point); {earlier}"
             f"the classic rule within 1 point in {sum(s['classic_gap'] <= 1.0 for s in recs)} of {n}")
 
 
 def table(raw: list[dict]) -> tuple[str, list[str]]:
     """The markdown table of ``raw``'s cells (advice by :func:`tladapt.advice.decide`, the
-    round-1 rule beside it) and one summary line per cell set."""
+    earlier rules beside it) and one summary line per cell set."""
     rows, summary = [], []
     for rec in raw:
-        s, v1 = score(rec), score(rec, rule_v1)
+        s = score(rec)
+        earlier = [score(rec, rule) for rule in OLD_RULES.values()]
         rows.append([rec["set"], rec["dataset"], rec["task"], "all-1" if rec["k"] == 1000 else rec["k"],
                      *(f"{s['means'][r]:.1f}" for r in REGIMES), SHORT[s["winner"]],
                      ",".join(SHORT[r] for r in s["picks"]), f"{s['advised']:.1f}", f"{s['gap']:+.1f}",
                      f"{s['vs_finetune']:+.1f}", "yes" if s["gap"] <= 1.0 else "no",
-                     ",".join(SHORT[r] for r in v1["picks"]), "yes" if v1["gap"] <= 1.0 else "no",
+                     *(x for e in earlier for x in (",".join(SHORT[r] for r in e["picks"]),
+                                                    "yes" if e["gap"] <= 1.0 else "no")),
                      SHORT[rec["classic"]], "yes" if s["classic_gap"] <= 1.0 else "no"])
     for cell_set in CELL_SETS:
         recs = [r for r in raw if r["set"] == cell_set]
         if recs:
-            summary.append(summary_line(cell_set, [score(r) for r in recs], [score(r, rule_v1) for r in recs]))
+            old = {name: [score(r, rule) for r in recs] for name, rule in OLD_RULES.items()}
+            summary.append(summary_line(cell_set, [score(r) for r in recs], old))
     headers = ["set", "dataset", "task", "k", *(f"{SHORT[r]} {r}" for r in REGIMES), "winner",
                "advised per seed", "advised acc", "winner - advised", "advised - finetune_all", "within 1",
-               "round-1 rule", "round-1 within 1", "classic", "classic within 1"]
+               *(x for name in OLD_RULES for x in (name, f"{name.split()[0]} within 1")),
+               "classic", "classic within 1"]
     return tabulate(rows, headers=headers, tablefmt="github"), summary
 
 
@@ -226,7 +249,7 @@ def main() -> int:
     raw = json.loads(results.read_text()) if results.exists() else []
     if not args.table_only:
         if not args.cells:
-            ap.error("--cells design|heldout|heldout2 (or --table-only)")
+            ap.error("--cells design|heldout|heldout2|heldout3 (or --table-only)")
         raw = run(args.cells, parse_seeds(args.seeds), args.steps, args.runs_dir, raw,
                   save=lambda r: results.write_text(json.dumps(r, indent=1)), tasks=args.task, ks=args.k or K)
         results.write_text(json.dumps(raw, indent=1))

@@ -26,8 +26,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     advise.add_argument("--margin", type=float, default=1.0,
                         help="points a regime must beat the default (finetune_all; from_source for a new head) by in "
                              "cross-validation (default 1)")
-    advise.add_argument("--noise", type=float, default=0.5,
-                        help="paired standard errors over the folds it must beat the default by, too (default 0.5)")
+    advise.add_argument("--noise", type=float, default=2.0,
+                        help="paired standard errors over the folds it must beat the default by, too (default 2)")
     advise.add_argument("--seeds", help="seeds: the first draws the labelled samples advised on; --verify runs all")
     advise.add_argument("--small-below", type=float, default=10.0,
                         help="classic rule, for reference: 'small' below this many labelled samples per class")
