@@ -325,7 +325,8 @@ class Advice:
         labels_per_class: mean labelled samples per class the split gives.
         regime: the advised key of :data:`tladapt.transfer.REGIMES`.
         reason: why, with the numbers.
-        basis: ``"cross-validation"`` (k >= 2) or ``"source accuracy"`` (k = 1).
+        basis: ``"cross-validation"`` (k >= 2); k = 1: ``"source accuracy"``, ``"k = 1, a new head"``
+            or ``"k = 1, source-free"`` (:func:`decide`).
         cv: regime -> held-out accuracies (%) per fold; empty for k = 1.
         source_acc_labelled: the source head's accuracy (%) on the labelled samples, or None
             when the source head does not predict the target's classes.
