@@ -40,12 +40,16 @@ def test_score_and_summary_count_cells_within_one_point_and_below_finetune_all()
     assert s["classic_gap"] == pytest.approx(11.25)
     # the round-1 rule kept finetune_all for a new head at k = 1
     assert mod.score(record(accs, ["finetune_all", "from_source"]), mod.rule_v1)["picks"] == ["finetune_all"] * 2
-    near = record(accs, ["from_source", "from_source"], classic="from_source")
+    near = record(accs, ["from_source", "from_source"], classic="from_source")  # fixed: only from_source within 1 (61 is 1.25 below)
     text, summary = mod.table([record(accs, ["finetune_all", "from_source"]), near])
     assert summary == ["heldout: advice at the winner or within 1 point in 1 of 2 cells (50 %); below finetune_all "
                        "in 1 cells (0 by more than 1 point); the round-1 rule within 1 point in 0 of 2 (below "
                        "finetune_all in 0); the round-2 rule within 1 point in 1 of 2 (below finetune_all in 1); "
-                       "the classic rule within 1 point in 1 of 2"]
+                       "the classic rule within 1 point in 1 of 2",
+                       "heldout: one fixed regime in every cell (ORACLE hindsight), within 1 point: linear_top 0 of 2 "
+                       "(below finetune_all by more than 1 point in 2), finetune_all 0 of 2 (below finetune_all by "
+                       "more than 1 point in 0), linear_early 0 of 2 (below finetune_all by more than 1 point in 2), "
+                       "from_source 2 of 2 (below finetune_all by more than 1 point in 0)"]
     assert text.count("\n") == 3  # header, rule, two cells
 
 

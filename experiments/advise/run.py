@@ -203,9 +203,23 @@ def summary_line(cell_set: str, recs: list[dict], old: dict[str, list[dict]]) ->
             f"the classic rule within 1 point in {sum(s['classic_gap'] <= 1.0 for s in recs)} of {n}")
 
 
+def fixed_line(cell_set: str, recs: list[dict]) -> str:
+    """One cell set's counts for each regime advised everywhere (no advice at all): within 1
+    point of the winner, and below finetune_all by more than 1 point. Which fixed regime is
+    best is known only after reading the target labels (ORACLE), so it is a reference, not a rule."""
+    n = len(recs)
+    means = [{r: statistics.fmean(v) for r, v in rec["accs"].items()} for rec in recs]
+    best = [max(m.values()) for m in means]
+    counts = ", ".join(f"{r} {sum(b - m[r] <= 1.0 for b, m in zip(best, means))} of {n} "
+                       f"(below finetune_all by more than 1 point in {sum(m['finetune_all'] - m[r] > 1.0 for m in means)})"
+                       for r in REGIMES)
+    return f"{cell_set}: one fixed regime in every cell (ORACLE hindsight), within 1 point: {counts}"
+
+
 def table(raw: list[dict]) -> tuple[str, list[str]]:
     """The markdown table of ``raw``'s cells (advice by :func:`tladapt.advice.decide`, the
-    earlier rules beside it) and one summary line per cell set."""
+    earlier rules beside it) and two summary lines per cell set (:func:`summary_line`,
+    :func:`fixed_line`)."""
     rows, summary = [], []
     for rec in raw:
         s = score(rec)
@@ -222,6 +236,7 @@ def table(raw: list[dict]) -> tuple[str, list[str]]:
         if recs:
             old = {name: [score(r, rule) for r in recs] for name, rule in OLD_RULES.items()}
             summary.append(summary_line(cell_set, [score(r) for r in recs], old))
+            summary.append(fixed_line(cell_set, recs))
     headers = ["set", "dataset", "task", "k", *(f"{SHORT[r]} {r}" for r in REGIMES), "winner",
                "advised per seed", "advised acc", "winner - advised", "advised - finetune_all", "within 1",
                *(x for name in OLD_RULES for x in (name, f"{name.split()[0]} within 1")),
