@@ -1,6 +1,7 @@
 """The tables of experiments/algorithms.md, from the recorded runs only (no training).
 
     .venv/bin/python experiments/algorithms_report.py runs/algorithms/office_caltech10_surf ...
+    .venv/bin/python experiments/algorithms_report.py --sweeps runs/algorithms_sweeps/office_caltech10_surf ...
 
 For each experiment folder: one row per method, the target accuracy of the evaluation point
 that the label-free validator ``im`` (information maximisation: ``tladapt sweep``'s default
@@ -10,13 +11,21 @@ table --pivot``); beside it the last evaluation point (no choice) and the ORACLE
 (the point with the best target accuracy: an upper bound, not a result); then the published
 numbers on the same files (``../shared/published_results.md``: protocols differ, see there),
 for the same tasks. Everything is computed with :func:`tladapt.tables.build_table`, the code
-behind ``tladapt table --select``.
+behind ``tladapt table --select``. A method's ``(im-swept)`` row (its hyper-parameters chosen
+by the label-free sweep, ``experiments/algorithms_swept.py``) follows the method's own row.
+
+With ``--sweeps``, one line per study of ``experiments/algorithms_sweep.sh`` instead: the
+trial the label-free objective chose against the config's own values (trial 0) and the
+ORACLE-best trial, with the mean target accuracy of each on the design tasks (read only here,
+to show what the label-free choice cost; it chose nothing).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
+import shlex
 from pathlib import Path
 
 import pandas as pd
@@ -91,9 +100,24 @@ def _pick_row(table, tasks: list[str], by: str, label: str) -> list:
         f"**{_cell(*_over_tasks(best, 'selected'))}**", "", ""]
 
 
-def report(root: Path) -> str:
-    """The markdown table of one experiment folder (see the module docstring)."""
-    runs = read_runs(root)
+def _task_of(run) -> str:
+    return run.results["task"] if run.results is not None else ((run.config or {}).get("data", {}).get("tasks") or [""])[0]
+
+
+def report(root: Path, tasks: list[str] | None = None, complete: bool = False) -> str:
+    """The markdown table of one experiment folder (see the module docstring), of the runs of
+    ``tasks`` only when given; with ``complete``, only the methods with a finished run of
+    every task (the others are named below the table)."""
+    runs = [r for r in read_runs(root) if tasks is None or _task_of(r) in tasks]
+    partial: list[str] = []
+    if complete:
+        done = {}
+        for r in runs:
+            if r.results is not None:
+                done.setdefault(r.results["method"], set()).add(r.results["task"])
+        every = set().union(*done.values())
+        partial = sorted(m for m, t in done.items() if t != every)
+        runs = [r for r in runs if r.results is None or r.results["method"] not in partial]
     label_free = build_table(runs, select="im")
     oracle = build_table(runs, select="oracle")
     tasks = list(dict.fromkeys(label_free.rows["task"]))
@@ -102,7 +126,8 @@ def report(root: Path) -> str:
         "**mean (im)**", "mean (last step)", "mean ORACLE (best step)"]
     body = []
     found = list(dict.fromkeys(label_free.rows["method"]))
-    for method in [m for m in ORDER if m in found] + [m for m in found if m not in ORDER]:
+    known = [m for name in ORDER for m in (name, f"{name} (im-swept)") if m in found]
+    for method in known + [m for m in found if m not in known]:
         rows = label_free.rows[label_free.rows["method"] == method].set_index("task")
         chosen = label_free.chosen[label_free.chosen["method"] == method]
         complete = all(t in rows.index for t in tasks)
@@ -124,11 +149,68 @@ def report(root: Path) -> str:
              tabulate(body, headers=head, tablefmt="github", disable_numparse=True)]
     if not label_free.left_out.empty:
         lines.append(f"\n{len(label_free.left_out)} run(s) not finished, never averaged")
+    if partial:
+        lines.append(f"\nLeft out (not run on every task yet): {', '.join(partial)}")
     return "\n".join(lines)
+
+
+def _short(value) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def sweep_report(folder: Path) -> str:
+    """One row per study in ``folder/optuna.db``: the config's own values (trial 0), the
+    trial the study's objective chose, and the ORACLE-best trial by mean target accuracy over
+    the trial's runs; each with its parameters, objective value and target accuracy."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = f"sqlite:///{(folder / 'optuna.db').resolve()}"
+    runs = [r for r in read_runs(folder) if r.results is not None]
+    accuracy: dict[str, list[float]] = {}
+    command: dict[str, str] = {}
+    for run in runs:
+        cid = run.results["config_id"]
+        accuracy.setdefault(cid, []).append(run.results["final"]["oracle/target_acc"])
+        command[cid] = run.config["provenance"]["command"]
+    body = []
+    for name in optuna.get_all_study_names(storage):
+        study = optuna.load_study(study_name=name, storage=storage)
+        objective = study.user_attrs.get("objective", "validator/im")
+        trials = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE
+                  and t.user_attrs.get("config_id") in accuracy]
+        if not trials:
+            continue
+        acc = {t.number: sum(accuracy[t.user_attrs["config_id"]]) / len(accuracy[t.user_attrs["config_id"]])
+               for t in trials}
+        words = shlex.split(command[trials[0].user_attrs["config_id"]])
+        config = Path(words[words.index("sweep") + 1])
+        chosen = study.best_trial
+        oracle = max(trials, key=lambda t: acc[t.number])
+        first = next((t for t in trials if t.number == 0), None)
+        failed = sum(t.state == optuna.trial.TrialState.FAIL for t in study.get_trials(deepcopy=False))
+
+        def cell(t) -> str:
+            if t is None:
+                return "– (failed)"
+            params = ", ".join(f"{k.split('.')[-1] if k != 'trainer.lr' else 'lr'} {_short(v)}"
+                               for k, v in sorted(t.params.items()))
+            return f"{acc[t.number]:.1f} ({params}; {objective.split('/')[-1]} {t.value:.3f})"
+        body.append([config.stem, f"{len(trials)} (+{failed} failed)" if failed else str(len(trials)),
+                     cell(first), f"**{cell(chosen)}**", cell(oracle)])
+    head = ["config", "complete trials", "config's own values (trial 0)", "chosen by the label-free objective",
+            "ORACLE-best trial"]
+    return "\n".join([f"`{folder}`: mean target accuracy (%) of a trial's runs (seed 0, the design tasks); "
+                      "in brackets its parameters and objective value.", "",
+                      tabulate(body, headers=head, tablefmt="github", disable_numparse=True)])
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("roots", nargs="+", type=Path, help="experiment folders, e.g. runs/algorithms/coil20_jda")
-    for folder in parser.parse_args().roots:
-        print(report(folder), end="\n\n")
+    parser.add_argument("--sweeps", action="store_true", help="the roots are sweep folders: summarise their studies")
+    parser.add_argument("--tasks", type=json.loads, help='only these tasks, a JSON list: \'["amazon->webcam"]\'')
+    parser.add_argument("--complete", action="store_true", help="only the methods run on every task")
+    args = parser.parse_args()
+    for folder in args.roots:
+        print(sweep_report(folder) if args.sweeps else report(folder, args.tasks, args.complete), end="\n\n")

@@ -45,6 +45,11 @@ class MDD:
     makes ``f'`` the same hypothesis class as the trainer's linear head, as the theory asks
     (the authors' image models use two-layer 1024-wide heads for both).
 
+    Stability: with a linear ``f'`` and margin 4, the reversed gradient can blow the
+    features up at a large learning rate — LeNet on USPS→MNIST at lr 0.05 is non-finite by
+    step 150, while margin 1, ``hidden = [1024, 1024]`` (the authors' and TLlib's head) or
+    ``max_lambda = 0`` train at the same lr (experiments/algorithms.md, "MDD on digits").
+
     Logs ``mdd/lambda`` and ``mdd/disagreement_source`` / ``mdd/disagreement_target``, the
     fraction of each batch where ``f'`` and the main head predict different classes (the
     adversary's aim: low on the source, high on the target).

@@ -100,7 +100,8 @@ def test_parse_value():
 
 
 TOMLS = sorted((Path(__file__).resolve().parents[1] / "experiments").rglob("*.toml"))
-SPACES = [p for p in TOMLS if p.name.endswith("_space.toml")]  # tladapt sweep --space files
+# tladapt sweep --space files: *_space.toml, or any file in a spaces/ folder
+SPACES = [p for p in TOMLS if p.name.endswith("_space.toml") or p.parent.name == "spaces"]
 EXPERIMENTS = [p for p in TOMLS if p not in SPACES]
 
 
