@@ -54,7 +54,8 @@ def swept_config(study: optuna.Study, folder: Path) -> tuple[Path, str]:
              f"# experiments/algorithms_swept.py; do not edit): study {study.study_name},",
              f"# space {space}, {len(complete)} complete trials, seed 0 on the design tasks;",
              f"# best trial {best.number}: {objective} = {best.value:.4f}"
-             + (f" (the config's own values, trial 0: {complete[0].value:.4f})" if complete[0].number == 0 else ""),
+             + (f" (the config's own values, trial 0: {complete[0].value:.4f})" if complete[0].number == 0
+                else " (the config's own values, trial 0, did not complete)"),
              f'extends = "../{config.name}"', "", "[experiment]",
              f'method = "{method} ({objective.split("/")[-1]}-swept)"']
     sections: dict[str, list[str]] = {}
