@@ -104,11 +104,29 @@ def _task_of(run) -> str:
     return run.results["task"] if run.results is not None else ((run.config or {}).get("data", {}).get("tasks") or [""])[0]
 
 
+def _latest(runs) -> list:
+    """The finished runs, one per method, task and seed (the latest: its run directory's
+    timestamp), and every unfinished run. A config rerun after the core gained a config key
+    (``data.allow_same_domain``) has a new fingerprint but trains the same (its results are
+    bit-identical, checked in experiments/algorithms.md): counting both would split a method
+    into two rows."""
+    latest: dict[tuple, object] = {}
+    rest = []
+    for run in runs:
+        if run.results is None:
+            rest.append(run)
+            continue
+        key = (run.results["method"], run.results["task"], run.results["seed"])
+        if key not in latest or Path(run.run_dir).name > Path(latest[key].run_dir).name:
+            latest[key] = run
+    return list(latest.values()) + rest
+
+
 def report(root: Path, tasks: list[str] | None = None, complete: bool = False) -> str:
     """The markdown table of one experiment folder (see the module docstring), of the runs of
     ``tasks`` only when given; with ``complete``, only the methods with a finished run of
     every task (the others are named below the table)."""
-    runs = [r for r in read_runs(root) if tasks is None or _task_of(r) in tasks]
+    runs = _latest(r for r in read_runs(root) if tasks is None or _task_of(r) in tasks)
     partial: list[str] = []
     if complete:
         done = {}
