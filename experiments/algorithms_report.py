@@ -214,7 +214,8 @@ def sweep_report(folder: Path) -> str:
             params = ", ".join(f"{k.split('.')[-1] if k != 'trainer.lr' else 'lr'} {_short(v)}"
                                for k, v in sorted(t.params.items()))
             return f"{acc[t.number]:.1f} ({params}; {objective.split('/')[-1]} {t.value:.3f})"
-        body.append([config.stem, f"{len(trials)} (+{failed} failed)" if failed else str(len(trials)),
+        label = config.stem + (" [ORACLE objective: not a label-free choice]" if objective.startswith("oracle/") else "")
+        body.append([label, f"{len(trials)} (+{failed} failed)" if failed else str(len(trials)),
                      cell(first), f"**{cell(chosen)}**", cell(oracle)])
     head = ["config", "complete trials", "config's own values (trial 0)", "chosen by the label-free objective",
             "ORACLE-best trial"]
