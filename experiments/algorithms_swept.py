@@ -22,7 +22,7 @@ from pathlib import Path
 
 import optuna
 
-from tladapt.config import read_toml
+import tladapt
 
 
 def _toml_value(value) -> str:
@@ -47,8 +47,7 @@ def swept_config(study: optuna.Study, folder: Path) -> tuple[Path, str]:
     command = _trial_command(folder, best.user_attrs["config_id"])
     config = Path(command[command.index("sweep") + 1])
     space = command[command.index("--space") + 1]
-    base = read_toml(config)
-    method = base.get("experiment", {}).get("method") or config.stem
+    method = tladapt.load_config(config).experiment.method  # as the method's runs are labelled
     values = dict(best.params)
     lines = [f"# {method} with the hyper-parameters the label-free sweep chose (written by",
              f"# experiments/algorithms_swept.py; do not edit): study {study.study_name},",

@@ -6,50 +6,13 @@ import importlib.util
 import sys
 from pathlib import Path
 
-import optuna
 import pytest
 
 from tladapt.cli import main
 from tladapt.config import load_config
+from test_sweep import study_of, write  # a 1-task DANN config and its lr/weight space (trial 0 = the config)
 
 ROOT = Path(__file__).resolve().parents[1]
-
-BASE = """
-[experiment]
-name = "sw"
-method = "dann"
-runs_dir = "{runs}"
-[data]
-tasks = ["webcam->dslr"]
-[model]
-hidden = [16]
-[trainer]
-steps = 10
-eval_every = 10
-batch_size = 16
-threads = 1
-progress = false
-[validation]
-validators = ["im"]
-[plugins.dann]
-hidden = [16]
-"""
-
-SPACE = """
-[params."trainer.lr"]
-type = "loguniform"
-low = 0.003
-high = 0.05
-
-[params."plugins.dann.weight"]
-type = "categorical"
-choices = [0.1, 0.3, 1.0]
-
-[sampler]
-name = "random"
-seed = 3
-defaults_first = true
-"""
 
 
 def load(name):
@@ -61,24 +24,19 @@ def load(name):
 
 def sweep(tmp_path, monkeypatch, *extra):
     """A 3-trial sweep as the command line runs it (its runs record the command: the scripts read it)."""
-    bench = tmp_path / "bench"
-    bench.mkdir(exist_ok=True)
-    (bench / "dann.toml").write_text(BASE.format(runs=tmp_path / "runs"))
-    (tmp_path / "space.toml").write_text(SPACE)
-    args = ["sweep", str(bench / "dann.toml"), "--space", str(tmp_path / "space.toml"), "--trials", "3",
-            "--seeds", "0", *extra]
+    base, space = write(tmp_path, steps=10, eval_every=10)
+    args = ["sweep", base, "--space", space, "--trials", "3", "--seeds", "0", *extra]
     monkeypatch.setattr(sys, "argv", ["tladapt", *args])
     assert main(args) == 0
-    url = f"sqlite:///{tmp_path / 'runs' / 'sw' / 'optuna.db'}"
-    return [optuna.load_study(study_name=n, storage=url) for n in optuna.get_all_study_names(url)]
+    return study_of(tmp_path)
 
 
 @pytest.mark.slow
 def test_the_best_label_free_trial_becomes_a_swept_config_and_the_summary_shows_both_choices(tmp_path, monkeypatch):
-    (study,) = sweep(tmp_path, monkeypatch)
+    study = sweep(tmp_path, monkeypatch)
     best = study.best_trial
     path, text = load("algorithms_swept").swept_config(study, tmp_path / "runs" / "sw")
-    assert path == tmp_path / "bench" / "swept" / "dann.toml"
+    assert path == tmp_path / "swept" / "base.toml"
     path.parent.mkdir()
     path.write_text(text)
     config = load_config(path)
@@ -89,7 +47,7 @@ def test_the_best_label_free_trial_becomes_a_swept_config_and_the_summary_shows_
     assert f"best trial {best.number}: validator/im = {best.value:.4f}" in text
 
     summary = load("algorithms_report").sweep_report(tmp_path / "runs" / "sw")
-    (row,) = [line for line in summary.splitlines() if line.startswith("| dann ")]
+    (row,) = [line for line in summary.splitlines() if line.startswith("| base ")]
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[1] == "3"
     trials = {t.number: t for t in study.trials}
@@ -99,6 +57,6 @@ def test_the_best_label_free_trial_becomes_a_swept_config_and_the_summary_shows_
 
 @pytest.mark.slow
 def test_an_oracle_study_is_not_written_as_a_swept_config(tmp_path, monkeypatch):
-    (study,) = sweep(tmp_path, monkeypatch, "--objective", "oracle/target_acc")
+    study = sweep(tmp_path, monkeypatch, "--objective", "oracle/target_acc")
     with pytest.raises(SystemExit, match="ORACLE choice"):
         load("algorithms_swept").swept_config(study, tmp_path / "runs" / "sw")
