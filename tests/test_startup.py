@@ -61,3 +61,11 @@ def test_version_is_the_package_version():
 def test_distances_keep_their_significant_digits():
     assert [significant(v) for v in (0.000412345, 1.23456, 0.0, 1.5e-7, 2.0)] == \
         ["0.000412", "1.23", "0", "1.5e-07", "2"]
+
+
+def test_every_package_of_tladapt_is_in_the_wheel():
+    """pyproject lists the packages explicitly: an unlisted sub-package (one with an __init__.py)
+    works in an editable install and is missing from a wheel."""
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(init.parent.relative_to(ROOT).parts) for init in (ROOT / "tladapt").rglob("__init__.py")}
+    assert found - listed == set()
