@@ -67,6 +67,7 @@ def swept_config(study: optuna.Study, folder: Path) -> tuple[Path, str]:
 
 
 def main() -> None:
+    """Write ``swept/<method>.toml`` beside each study's config, for every sweep folder given."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("folders", nargs="+", type=Path, help="sweep folders, e.g. runs/algorithms_sweeps/digits_jda")
     for folder in parser.parse_args().folders:

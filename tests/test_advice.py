@@ -2,6 +2,7 @@
 classic rule beside it, and its messages (no labels, where --verify writes, progress)."""
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -9,13 +10,14 @@ import torch
 from tladapt.advice import (K1_MIN_SAMPLES, advise_task, choose_regime, cross_validate_regimes, decide,
                             default_regime, paired_gain, train_per_class)
 from tladapt.cli import main
-from tladapt.config import load_config
 from tladapt.data import Domain
 from tladapt.data.tasks import split_target
 from tladapt.experiment import run_experiment
 from tladapt.transfer import REGIMES, extract_features, fit_linear, load_model, task_splits
 
 from conftest import TWO
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_training_samples_per_class_of_a_split():
@@ -150,3 +152,34 @@ def test_the_classic_rule_reuses_given_distances(fast_config, source_model, monk
     assert set(measured["distances"]) == {"backbone.2", "backbone"}
     monkeypatch.setattr("tladapt.advice.layer_distances", lambda *a, **k: pytest.fail("distances measured again"))
     assert classic_rule(config, "webcam->dslr", source_model, distances=measured["distances"]) == measured
+
+
+def test_the_command_defaults_are_advise_tasks():
+    """tladapt advise's options default to advise_task's own defaults (the command module does
+    not import tladapt.advice, which imports torch, so the numbers are written twice)."""
+    import inspect
+
+    from tladapt.cli import build_parser
+
+    args = build_parser().parse_args(["advise", "config.toml"])
+    defaults = {name: p.default for name, p in inspect.signature(advise_task).parameters.items()
+                if p.default is not inspect.Parameter.empty}
+    for option in ("steps", "folds", "margin", "noise", "small_below", "similar_below"):
+        assert getattr(args, option) == defaults[option], option
+
+
+@pytest.mark.parametrize("option, value, expected", [
+    ("--steps", "0", "--steps must be an integer >= 1, got 0"),
+    ("--folds", "1", "--folds must be an integer >= 2, got 1"),
+    ("--margin", "-1", "--margin must be a finite number >= 0, got -1.0"),
+    ("--noise", "nan", "--noise must be a finite number >= 0, got nan"),
+    ("--small-below", "inf", "--small-below must be a finite number >= 0, got inf"),
+    ("--similar-below", "nan", "--similar-below must be a finite number, got nan"),
+])
+def test_bad_advise_options_fail_before_any_work(option, value, expected, tmp_path, capsys):
+    runs = tmp_path / "runs"
+    argv = ["advise", str(ROOT / "tladapt/configs/default.toml"), "--set", f"experiment.runs_dir={str(runs)!r}",
+            "--set", "data.target_labels_per_class=3", option, value]
+    assert main(argv) == 2
+    assert expected in capsys.readouterr().err
+    assert not runs.exists()  # no source model was trained

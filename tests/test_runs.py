@@ -15,7 +15,6 @@ from tladapt.errors import RunFailed, RunInterrupted
 from tladapt.experiment import run_experiment
 from tladapt.tables import collect_results
 from tladapt.runs import read_status
-from tladapt.trainer import Trainer
 
 from test_resume import stop_at
 

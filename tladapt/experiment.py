@@ -224,6 +224,12 @@ def run_experiment(config: Config, plugins: Iterable[str | type] = (), progress:
             done: dict[int, dict] = {}
             fresh: list[RunSpec] = []  # new runs, trained together in groups of trainer.batch_runs
 
+            def train_one(run_dir: Path, seed: int) -> None:
+                try:
+                    done[seed] = execute_run(config, active, task, source, target, run_dir, seed, progress, on_run)
+                except RUN_FAILURES as err:
+                    _failed(on_failure, [run_dir], err)
+
             def train_fresh():
                 specs = fresh[:]
                 fresh.clear()
@@ -231,16 +237,13 @@ def run_experiment(config: Config, plugins: Iterable[str | type] = (), progress:
                     try:
                         together = execute_together(config, active, specs, progress, on_run)
                     except RUN_FAILURES as err:
-                        return _failed(on_failure, [spec.run_dir for spec in specs], err)
+                        _failed(on_failure, [spec.run_dir for spec in specs], err)
+                        return
                     if together is not None:
                         done.update(zip((spec.seed for spec in specs), together))
                         return
                 for spec in specs:
-                    try:
-                        done[spec.seed] = execute_run(config, active, task, source, target, spec.run_dir, spec.seed,
-                                                      progress, on_run)
-                    except RUN_FAILURES as err:
-                        _failed(on_failure, [spec.run_dir], err)
+                    train_one(spec.run_dir, spec.seed)
 
             for seed in exp.seeds:
                 if signals.requested() is not None:
@@ -257,11 +260,7 @@ def run_experiment(config: Config, plugins: Iterable[str | type] = (), progress:
                     train_fresh()
                     if not (run_dir / "config.json").is_file():  # its process was killed as it made the directory
                         distributed.on_main(lambda: _write_config(config, active, run_dir))
-                    try:
-                        done[seed] = execute_run(config, active, task, source, target, run_dir, seed, progress,
-                                                 on_run)
-                    except RUN_FAILURES as err:
-                        _failed(on_failure, [run_dir], err)
+                    train_one(run_dir, seed)
                     continue
                 run_dir = distributed.on_main(lambda: _new_run(config, active, task, method, seed))
                 fresh.append(RunSpec(config, task, source, target, active, seed, run_dir))

@@ -80,6 +80,8 @@ TASKS = [
 
 
 def task_label(task: str, source_classes: list, target_classes: list) -> str:
+    """The task as the table shows it: ``task``, or with class subsets ``"src 0-4 -> tgt 5-9"``
+    (each subset by its first and last class)."""
     if not target_classes:
         return task
     s, t = task.split("->")
@@ -245,6 +247,8 @@ def table(raw: list[dict]) -> tuple[str, list[str]]:
 
 
 def main() -> int:
+    """Measure the cells named (``--cells``) or only tabulate (``--table-only``); writes
+    results.json and the table of experiments/advise.md; returns the exit status."""
     torch.set_num_threads(1)
     ap = argparse.ArgumentParser()
     ap.add_argument("--cells", choices=CELL_SETS, action="append",

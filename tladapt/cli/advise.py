@@ -57,6 +57,30 @@ def _print_advice(a, config) -> None:
           f"{REGIMES[a.classic]}\n  because {a.classic_reason}\n")
 
 
+def check_options(args) -> None:
+    """The command's numeric options, before any work.
+
+    Raises:
+        ConfigError: naming the option and what was expected: ``--steps`` >= 1, ``--folds``
+            >= 2 (one fold has no standard error to clear), ``--margin``, ``--noise`` and
+            ``--small-below`` finite and >= 0, ``--similar-below`` finite.
+    """
+    import math
+
+    from tladapt.errors import ConfigError
+
+    checks = [("--steps", args.steps, args.steps >= 1, "an integer >= 1"),
+              ("--folds", args.folds, args.folds >= 2, "an integer >= 2"),
+              ("--margin", args.margin, math.isfinite(args.margin) and args.margin >= 0, "a finite number >= 0"),
+              ("--noise", args.noise, math.isfinite(args.noise) and args.noise >= 0, "a finite number >= 0"),
+              ("--small-below", args.small_below, math.isfinite(args.small_below) and args.small_below >= 0,
+               "a finite number >= 0"),
+              ("--similar-below", args.similar_below, math.isfinite(args.similar_below), "a finite number")]
+    for flag, value, ok, expected in checks:
+        if not ok:
+            raise ConfigError(f"{flag} must be {expected}, got {value!r}")
+
+
 def main(args) -> int:
     """Run ``tladapt advise``; returns the exit status."""
     from tqdm import tqdm
@@ -65,6 +89,7 @@ def main(args) -> int:
     from tladapt.config import load_config
     from tladapt.transfer import pretrain_source, regimes_table, run_regimes
 
+    check_options(args)
     config = load_config(args.config, args.set, args.seeds)
     require_labels(config)  # before any source model is trained
     where = f"{config.experiment.runs_dir}/{config.experiment.name}"
