@@ -147,3 +147,33 @@ def test_table_keeps_configs_apart_and_counts_each_seed_once(tmp_path, capsys):
     assert set(rows) == {"m [aaaa]", "m [bbbb]"}
     assert "65.00 ± 7.07" in rows["m [aaaa]"] and "| 2 " in rows["m [aaaa]"]  # seed 0's latest run: 60
     assert "10.00" in rows["m [bbbb]"]
+
+
+@pytest.mark.parametrize("config, loss", [("selftaught_digits_dae.toml", "loss/reconstruction"),
+                                          ("selftaught_digits_simclr.toml", "loss/contrastive")])
+def test_a_pretraining_run_ends_with_its_runs_what_they_recorded_and_the_next_step(tmp_path, capsys, config, loss):
+    # the documented self-taught step 1 (no target head, so no oracle/target_acc), at 6 steps
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    argv = ["run", str(ROOT / "experiments/taxonomy" / config), "--runs-dir", str(tmp_path), "--set", "trainer.steps=6",
+            "--set", "trainer.log_every=3", "--set", "trainer.eval_every=3"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    [run_dir] = [p.parent for p in tmp_path.rglob("results.json")]
+    results = json.loads((run_dir / "results.json").read_text())
+    events = EventAccumulator(str(run_dir))
+    events.Reload()
+    logged = {(e.step, e.value) for e in events.Scalars(loss)}
+    # each evaluation record holds the training scalars TensorBoard got at its step
+    assert [(h["step"], h[loss]) for h in results["history"]] == [(s, pytest.approx(v)) for s, v in sorted(logged)]
+    assert [h["step"] for h in results["history"]] == [3, 6] and "oracle/target_acc" not in results["final"]
+    assert f"  {run_dir}" in out.splitlines()  # the run directory the next step needs
+    row = next(line for line in out.splitlines() if line.startswith("| self_taught"))
+    assert f"{results['final'][loss]:.4g}" in [c.strip() for c in row.split("|")]
+    assert "--init-from RUN_DIR" in out and f"tladapt table {tmp_path / 'self_taught'} --metric {loss}" in out
+    assert main(["table", str(tmp_path), "--metric", loss]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| self_taught"))
+    assert row.split("|")[5].strip() == f"{results['final'][loss]:.4g}"
+    assert main(["table", str(tmp_path)]) == 2  # no target accuracy: the error names the tags to choose from
+    assert f"recorded tags are {', '.join(sorted(k for k in results['final'] if '/' in k))} (tabulate one with " \
+           "tladapt table --metric TAG)" in capsys.readouterr().err

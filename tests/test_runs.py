@@ -98,7 +98,8 @@ def test_keep_best_keeps_the_best_evaluation(fast_config, monkeypatch):
     best = torch.load(Path(r["run_dir"]) / "best.pt", weights_only=True)
     assert best["step"] == best_step and best["history"][-1]["metrics/source_val_acc"] == best_value
     with pytest.raises(tladapt.config.ConfigError, match=r"trainer.keep_best = 'metrics/nope_acc' is not a metric "
-                                                         r"of this run: the evaluation at step 15 gives metrics/source_"):
+                                                         r"of this run: the evaluation at step 15 gives loss/source, loss/total, "
+                                                         r"metrics/source_"):
         run_experiment(fast_config("trainer.keep_best='metrics/nope_acc'"))
     with pytest.raises(tladapt.config.ConfigError, match=r"trainer.keep_best_mode = 'max' or 'min'"):
         run_experiment(fast_config("trainer.keep_best='self_training/selected_frac'"))

@@ -84,6 +84,24 @@ def test_other_recorded_metrics_are_reported_for_the_chosen_model():
     assert "published_1nn" in build_table(RUNS).rows
 
 
+def test_a_loss_metric_is_reported_with_its_lowest_value_as_the_bound_and_significant_digits():
+    losses = [record("amazon->webcam", seed, "a", [(100, 40.0, 0.1, 2.0), (200, 50.0, 0.5, 1.0)]) for seed in (0, 1)]
+    for r, values in zip(losses, [(0.0042, 0.0031), (0.0050, 0.0061)]):
+        for h, v in zip(r["history"], values):
+            h["loss/reconstruction"] = v
+    t = build_table(losses, metric="loss/reconstruction")
+    (row,) = t.rows.to_dict("records")
+    assert row["selected_mean"] == pytest.approx((0.0031 + 0.0061) / 2)  # the last points
+    assert row["oracle_best_mean"] == pytest.approx((0.0031 + 0.0050) / 2)  # each run's lowest, not its highest
+    text = render_table(t)
+    assert "the lowest loss/reconstruction" in text and "oracle-best (lower bound)" in text
+    assert f"| {0.0046:.4g} ± {np.std([0.0031, 0.0061], ddof=1):.4g} " in text  # not 0.00 ± 0.00
+    pretrain = {**record("amazon->webcam", 0, "p", [(100, 0, 0, 0)], method="dae"), "final": {"step": 100, "loss/total": 1.0}}
+    pretrain["history"] = [pretrain["final"]]
+    text = render_table(build_table([*RUNS, pretrain]))
+    assert "Not in the table (never averaged): 1 run(s), 1 finished without oracle/target_acc" in text
+
+
 def test_unknown_selection_names_what_is_recorded():
     with pytest.raises(ConfigError, match="unknown validator 'snd': the runs recorded entropy, im"):
         build_table(RUNS, "snd")

@@ -61,6 +61,12 @@ class Selection:
         return f"selection: label-free, the {where} with the {best} {self.tag}"
 
 
+def metric_direction(tag: str) -> str:
+    """Which way a reported tag is better: ``"min"`` for a training loss (``loss/...``),
+    ``"max"`` for everything else (accuracies)."""
+    return "min" if tag.startswith("loss/") else "max"
+
+
 def make_selection(name: str, directions: dict[str, str], over: Over = "steps") -> Selection:
     """Resolve ``--select`` / ``--validator`` against the runs' recorded validator directions.
 
@@ -104,8 +110,9 @@ def choose(evals: pd.DataFrame, selection: Selection, metric: str = ORACLE_TAG) 
         One row per ``GROUP`` (+ ``config_id`` when selecting over steps) and seed, with
         ``selected`` (``metric`` at the chosen point), ``last`` (``metric`` at the last point
         of the chosen run), ``oracle_best`` (the best ``metric`` among the candidates: the
-        upper bound of any selection), ``score``, ``step``, ``config_id`` and ``run_dir`` of
-        the choice. A candidate without a score (NaN) is never chosen unless all are.
+        upper bound of any selection; the lowest for a loss, :func:`metric_direction`),
+        ``score``, ``step``, ``config_id`` and ``run_dir`` of the choice. A candidate
+        without a score (NaN) is never chosen unless all are.
 
     Raises:
         ConfigError: when a tag is not recorded in any run.
@@ -123,7 +130,8 @@ def choose(evals: pd.DataFrame, selection: Selection, metric: str = ORACLE_TAG) 
     # the first best candidate in record order (earliest step, earliest run) wins ties
     best = candidates.loc[candidates.groupby(keys, sort=False)["_order"].idxmax()]
     last = evals[last_step == evals["step"]].set_index("run_dir")[metric]
-    bound = candidates.groupby(keys, sort=False)[metric].max().rename("oracle_best")
+    grouped = candidates.groupby(keys, sort=False)[metric]
+    bound = (grouped.min() if metric_direction(metric) == "min" else grouped.max()).rename("oracle_best")
     out = best[keys + ["config_id", "run_dir", "step", "score"]].loc[:, lambda d: ~d.columns.duplicated()].copy()
     out["selected"] = best[metric].to_numpy()
     out["last"] = last.loc[best["run_dir"]].to_numpy()

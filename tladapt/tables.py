@@ -22,7 +22,7 @@ from tladapt.config import parse_task
 from tladapt.data.datasets import DATASETS
 from tladapt.errors import ConfigError
 from tladapt.runs import read_status
-from tladapt.selection import GROUP, ORACLE_TAG, Selection, choose, make_selection, summarize
+from tladapt.selection import GROUP, ORACLE_TAG, Selection, choose, make_selection, metric_direction, summarize
 
 Format = Literal["markdown", "csv", "json"]
 
@@ -190,9 +190,10 @@ class Table:
     def header(self) -> str:
         """The lines every rendering of the table starts with."""
         unit = " (%)" if self.metric.endswith("_acc") else ""
-        return (f"{self.metric}{unit}, mean ± std over seeds; {self.selection.label}. "
-                f"'oracle-best': the best {self.metric} among the candidates, chosen by the labels it is "
-                f"measured with: an upper bound, not a result.")
+        best = (f"the lowest {self.metric} among the candidates, chosen by the number it reports: a lower bound"
+                if metric_direction(self.metric) == "min" else
+                f"the best {self.metric} among the candidates, chosen by the labels it is measured with: an upper bound")
+        return f"{self.metric}{unit}, mean ± std over seeds; {self.selection.label}. 'oracle-best': {best}, not a result."
 
 
 def build_table(items: Iterable[Run | dict], select: str = "last", metric: str = ORACLE_TAG,
@@ -218,7 +219,8 @@ def build_table(items: Iterable[Run | dict], select: str = "last", metric: str =
         left_out = pd.concat([left_out, no_metric.assign(status=f"finished, no {metric}")], ignore_index=True)
     if not finished and not no_metric.empty:
         tags = sorted({k for r in runs if r.results for h in _records(r.results) for k in h if "/" in k})
-        raise ConfigError(f"no run recorded {metric!r}; recorded tags are {', '.join(tags)}")
+        raise ConfigError(f"no run recorded {metric!r}; recorded tags are {', '.join(tags) or 'none'}"
+                          + (" (tabulate one with tladapt table --metric TAG)" if tags else ""))
     if not finished:
         raise ConfigError("no finished run (results.json) to tabulate"
                           + (f"; {len(left_out)} run(s) are not finished" if len(left_out) else ""))
@@ -243,19 +245,44 @@ def build_table(items: Iterable[Run | dict], select: str = "last", metric: str =
     return Table(rows, selection, metric, left_out, chosen)
 
 
-def _cell(mean: float, std: float, digits: int = 2) -> str:
+def _cell(mean: float, std: float, digits: int = 2, metric: str = ORACLE_TAG) -> str:
+    """``mean ± std``: ``digits`` decimals for an accuracy (percent), 4 significant digits for
+    any other metric (a loss of 0.0027 is not 0.00)."""
     if math.isnan(mean):
         return "–"
-    return f"{mean:.{digits}f}" if math.isnan(std) else f"{mean:.{digits}f} ± {std:.{digits}f}"
+    spec = f".{digits}f" if metric.endswith("_acc") else ".4g"
+    return f"{mean:{spec}}" if math.isnan(std) else f"{mean:{spec}} ± {std:{spec}}"
 
 
 def _left_out_lines(table: Table) -> list[str]:
     if table.left_out.empty:
         return []
-    lines = [f"\nNot in the table (never averaged): {len(table.left_out)} run(s) not finished"]
+    without = table.left_out["status"].str.startswith("finished").sum()
+    why = " and ".join(part for part in (f"{len(table.left_out) - without} not finished" if without < len(table.left_out)
+                                         else "", f"{without} finished without {table.metric}" if without else "") if part)
+    lines = [f"\nNot in the table (never averaged): {len(table.left_out)} run(s), {why}"]
     for row in table.left_out.itertuples():
         lines.append(f"  {row.status:<11} {row.task} {row.method} seed {row.seed}: {row.run_dir}")
     return lines
+
+
+def render_final(items: Iterable[Run | dict]) -> str:
+    """A markdown table of what each finished run recorded last: its identifying columns and
+    every tag of its final record (``results.json`` ``final``: the training scalars such as
+    ``loss/total`` and any evaluation tags), 4 significant digits; for runs that have no
+    target accuracy to tabulate (a label-free pre-training). Finished runs only.
+
+    Raises:
+        ConfigError: when no item is a finished run.
+    """
+    frame = runs_frame([r for r in _as_runs(items) if r.results is not None])
+    if frame.empty:
+        raise ConfigError("no finished run (results.json) to show")
+    tags = sorted({c for c in frame.columns if "/" in c})
+    columns = ["experiment", "dataset", "task", "method", "seed", "steps", *tags]
+    body = [["–" if isinstance(v, float) and math.isnan(v) else v for v in row]
+            for row in frame[columns].itertuples(index=False)]
+    return tabulate(body, headers=columns, tablefmt="github", floatfmt=".4g")
 
 
 def render_table(table: Table, fmt: Format = "markdown") -> str:
@@ -286,15 +313,16 @@ def render_table(table: Table, fmt: Format = "markdown") -> str:
     chosen_by_last = table.selection.name == "last"
     body = []
     for r in rows.to_dict("records"):
-        line = [r["experiment"], r["dataset"], r["task"], r["method"], _cell(r["selected_mean"], r["selected_std"]),
-                r["n"]] + ([] if chosen_by_last else [_cell(r["last_mean"], r["last_std"])])
-        line.append(_cell(r["oracle_best_mean"], r["oracle_best_std"]))
+        cell = lambda stat: _cell(r[f"{stat}_mean"], r[f"{stat}_std"], metric=table.metric)  # noqa: E731
+        line = [r["experiment"], r["dataset"], r["task"], r["method"], cell("selected"),
+                r["n"]] + ([] if chosen_by_last else [cell("last")])
+        line.append(cell("oracle_best"))
         if "published_1nn" in rows:
             line.append("" if math.isnan(r["published_1nn"]) else f"{r['published_1nn']:.2f}")
         body.append(line)
     headers = (["experiment", "dataset", "task", "method",
                 "last step (mean ± std)" if chosen_by_last else f"selected by {table.selection.name} (mean ± std)",
-                "seeds"] + ([] if chosen_by_last else ["last step"]) + ["oracle-best (upper bound)"]
+                "seeds"] + ([] if chosen_by_last else ["last step"]) + [f"oracle-best ({'lower' if metric_direction(table.metric) == 'min' else 'upper'} bound)"]
                + (["published 1-NN (%)"] if "published_1nn" in rows else []))
     text = tabulate(body, headers=headers, tablefmt="github", disable_numparse=True)
     return "\n".join([table.header(), "", text, *_left_out_lines(table)])
@@ -357,7 +385,7 @@ def render_pivot(table: Table, fmt: Format = "markdown", methods: list[str] | No
             line.append("" if math.isnan(rec["1-NN (JDA)"]) else f"{rec['1-NN (JDA)']:.{digits}f}")
         for m in methods:
             mean, std, _ = rec[m]
-            cell = _cell(mean, std, digits)
+            cell = _cell(mean, std, digits, table.metric)
             line.append(f"**{cell.split(' ± ')[0]}**" + cell[len(cell.split(' ± ')[0]):] if mean_row and cell != "–"
                         else cell)
         body.append(line)

@@ -521,6 +521,7 @@ class Trainer:
         with self._timed("train"):
             self.pm.hook.tladapt_step_end(trainer=self, step=step)
         done = self.steps_done = step + 1
+        means: dict[str, float] = {}
         if done % cfg.log_every == 0 or done == cfg.steps:
             with self._timed("train"):
                 means = self.logger.flush(done)
@@ -530,8 +531,8 @@ class Trainer:
                 raise TrainingDiverged(f"{', '.join(bad)} became non-finite by step {done} (run {self.run_dir}): "
                                        f"lower trainer.lr or the loss weights")
         if done % cfg.eval_every == 0 or done == cfg.steps:
-            with self._timed("evaluate"):
-                self.history.append({"step": done, **self.evaluate()})
+            with self._timed("evaluate"):  # the record: the scalars written at this step, evaluation last
+                self.history.append({"step": done, **means, **self.evaluate()})
             if self.best is not None and self.best.update(self.history[-1]) and self.dist.main:
                 with self._timed("checkpoint"):
                     checkpoint.save(self.run_dir / "best.pt", checkpoint.capture(self))

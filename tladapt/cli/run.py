@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from importlib import resources
 from pathlib import Path
@@ -56,7 +57,6 @@ def main(args) -> int:
 def _run(args, main: bool) -> int:
     from tladapt.config import load_configs
     from tladapt.experiment import prepare_all, progress_for, resume_runs, run_experiment
-    from tladapt.tables import build_table, render_table
 
     failures: list[tuple[Path, Exception]] = []
     on_failure = (lambda run_dir, err: failures.append((run_dir, err))) if args.keep_going else None
@@ -68,7 +68,7 @@ def _run(args, main: bool) -> int:
                               f"{', '.join(given)} cannot change them")
         results = resume_runs(args.resume, args.plugin, on_failure)
         if main:
-            print(render_table(build_table(results)))
+            _print_results(results, None)
         return _report_failures(failures, main)
     if args.resume:  # --resume CONFIG.toml: the config to run again with resume
         if not Path(args.resume).is_file():
@@ -90,12 +90,36 @@ def _run(args, main: bool) -> int:
     progress.close()
     if not main:
         return 0
-    if results:
-        print(render_table(build_table(results)))
-        print(f"\nRun directories (TensorBoard: tensorboard --logdir {configs[0].experiment.runs_dir}):")
+    _print_results(results, configs[0].experiment.runs_dir)
+    return _report_failures(failures, main)
+
+
+def _print_results(results: list[dict], runs_dir: str | None) -> None:
+    """The results table of the runs that recorded the target accuracy; for those that did not
+    (nothing trained a target head: a label-free pre-training), what they recorded last and how
+    to use them next; then every run's directory."""
+    from tladapt.selection import ORACLE_TAG
+    from tladapt.tables import build_table, render_final, render_table
+
+    if not results:
+        return
+    scored = [r for r in results if ORACLE_TAG in r["final"]]
+    unscored = [r for r in results if ORACLE_TAG not in r["final"]]
+    if scored:
+        print(render_table(build_table(scored)))
+    if unscored:
+        print(("\n" if scored else "") + f"{len(unscored)} run(s) trained no target head (no {ORACLE_TAG}, as in "
+              "a label-free pre-training); what each recorded at its last step:\n")
+        print(render_final(unscored))
+    where = f"tensorboard --logdir {runs_dir}" if runs_dir else "tensorboard --logdir RUN_DIR"
+    print(f"\nRun directories (TensorBoard: {where}):")
     for r in results:
         print(f"  {r['run_dir']}")
-    return _report_failures(failures, main)
+    if unscored:
+        tags = sorted({k for r in unscored for k in r["final"] if k.startswith("loss/")})
+        root = os.path.commonpath([str(Path(r["run_dir"]).parents[2]) for r in unscored])  # <runs>/<experiment>
+        print(f"\nNext: start a run from one of these with tladapt run TARGET.toml --init-from RUN_DIR (its backbone; "
+              "a new head for the target)" + (f", or tabulate them: tladapt table {root} --metric {tags[0]}" if tags else ""))
 
 
 def _report_failures(failures: list[tuple[Path, Exception]], main: bool) -> int:
