@@ -42,7 +42,7 @@ from torch import nn
 
 import tladapt
 from tladapt.data.datasets import load_domain
-from tladapt.data.tasks import select_classes, split_target
+from tladapt.data.tasks import MIN_CLASSES, select_classes, split_target
 from tladapt.errors import ConfigError
 
 
@@ -85,23 +85,61 @@ class MultiTask:
 
     @tladapt.hookimpl
     def tladapt_check(self, config, task):
-        """Before any run: one head per task, labelled samples for the extra domains, and extra
-        domains other than the run's source and target.
+        """Before any run: at least two labelled tasks, one head per task, extra domains of the
+        dataset other than the run's source and target, with the task's input shape, the
+        selected classes (at least two) and labelled samples.
 
         Raises:
             ConfigError: naming the option and what was expected.
         """
         o = self.options
-        if task.target_labelled is not None and task.shared_head:
+        source_labelled = task.source is not None and task.source.y is not None
+        tasks = ["source"] * source_labelled + ["target"] * (task.target_labelled is not None)
+        tasks += [f"task_{name}" for name in o.domains]
+        if len(tasks) < 2:
+            why = [] if source_labelled else ["the source is unlabelled (data.source_labels = false)" if task.source
+                                              is not None else "a source-free run has no source task"]
+            why += [] if task.target_labelled is not None else ["no target sample is labelled "
+                                                                "(data.target_labels_per_class = 0)"]
+            why += [] if o.domains else ["plugins.multitask.domains is empty"]
+            raise ConfigError(f"plugins.multitask needs at least two labelled tasks, but this run has "
+                              f"{len(tasks)} ({', '.join(tasks) or 'none'}): {'; '.join(why)}. Label the target "
+                              f"(data.target_labels_per_class > 0) or add domains (plugins.multitask.domains), "
+                              f"or remove [plugins.multitask] for a single-task run")
+        if source_labelled and task.target_labelled is not None and task.shared_head:
             raise ConfigError("plugins.multitask trains one head per task, but source and target share one "
                               "(their classes agree): set model.shared_head = false")
-        if o.domains and (o.labels_per_class or config.data.target_labels_per_class) == 0:
+        k = o.labels_per_class or config.data.target_labels_per_class
+        if o.domains and k == 0:
             raise ConfigError("plugins.multitask.domains need labelled samples: set plugins.multitask."
                               "labels_per_class or data.target_labels_per_class > 0")
         busy = {d.name for d in (task.source, task.target) if d is not None}
         for name in o.domains:
             if name in busy:
                 raise ConfigError(f"plugins.multitask.domains: {name!r} is already the run's source or target")
+            domain = self._domain(config.data.dataset, name)
+            if domain.input_shape != task.target.input_shape:
+                raise ConfigError(f"plugins.multitask.domains: {name!r} has input shape {domain.input_shape}, "
+                                  f"expected the task's {task.target.input_shape}")
+
+    def _domain(self, dataset: str, name: str):
+        """Extra domain ``name`` of ``dataset`` with ``classes`` applied (labelled, CPU).
+
+        Raises:
+            ConfigError: for a domain the dataset does not have, a class selection that does
+                not fit it (:func:`tladapt.data.tasks.select_classes`) or keeps fewer than
+                :data:`tladapt.data.tasks.MIN_CLASSES` classes.
+        """
+        try:
+            domain = load_domain(dataset, name)
+        except (ValueError, KeyError) as err:
+            raise ConfigError(f"plugins.multitask.domains: {err}") from None
+        domain = select_classes(domain, self.options.classes, "plugins.multitask.classes")
+        if len(domain.classes) < MIN_CLASSES:
+            raise ConfigError(f"plugins.multitask.classes keeps {len(domain.classes)} class of domain {name!r} "
+                              f"({', '.join(domain.classes)}): expected at least {MIN_CLASSES}, since a head of "
+                              f"one class is right on every sample")
+        return domain
 
     @tladapt.hookimpl
     def tladapt_setup(self, trainer):
@@ -110,8 +148,7 @@ class MultiTask:
         self.tests: dict[str, tuple] = {}
         self.heads: dict[str, nn.Module] = {}
         for name in o.domains:
-            labelled, rest = split_target(select_classes(load_domain(data.dataset, name), o.classes,
-                                                         "plugins.multitask.classes"), k, trainer.seed)
+            labelled, rest = split_target(self._domain(data.dataset, name), k, trainer.seed)
             trainer.add_domain(name, labelled)
             rest = rest.to(trainer.device)
             self.tests[name] = (rest.unlabelled(), rest.y)

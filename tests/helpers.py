@@ -14,11 +14,12 @@ from tladapt.trainer import Trainer
 HOST_READS = ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__")
 
 
-def make_trainer(config, plugins=(), task=("webcam", "dslr"), seed=0):
+def make_trainer(config, plugins=(), task=("webcam", "dslr"), seed=0, prepared=True):
     """A Trainer for ``config`` (its installed plugins) plus extra plugin classes given as
     ``(name, cls, options)``, on a task of ``config.data.dataset`` (its class subsets applied),
-    in a fresh run directory."""
-    config, active = prepare(config)
+    in a fresh run directory. ``prepared=False`` skips :func:`prepare` (and the installed
+    plugins): a trainer of a config the checks before work refuse, to test the run's own checks."""
+    config, active = prepare(config) if prepared else (config, [])
     active = sorted(active + [(PluginInfo(name, cls, "test"), opts) for name, cls, opts in plugins],
                     key=lambda a: a[0].name)
     src, tgt = load_task(config.data, "->".join(task))  # the config's class subsets applied

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import tladapt
 import tladapt.data.tasks as tasks
 from tladapt.config import ConfigError
 from tladapt.experiment import prepare, run_experiment
@@ -94,16 +95,29 @@ def test_plugins_that_need_source_data_are_refused_before_any_run(fast_config, s
     assert not runs.exists()
 
 
-def test_a_source_free_run_with_nothing_to_train_on_is_refused(fast_config, source_run):
-    with pytest.raises(ConfigError, match="nothing to train on"):
-        prepare(fast_config("data.source_free=true", f"model.init_from='{source_run}'"))
+@pytest.mark.parametrize("plugin", [(), ("plugins.finetune.freeze=['backbone']",)])  # none, or none with a loss
+def test_a_source_free_run_with_nothing_to_train_on_is_refused(fast_config, source_run, plugin):
+    with pytest.raises(ConfigError, match=r"nothing to train: data.source_free = true .* no active plugin has a "
+                                          r"loss \(tladapt_losses\)"):
+        prepare(fast_config("data.source_free=true", f"model.init_from='{source_run}'", *plugin))
+
+
+class NoLoss:
+    """A source-free plugin with a loss hook that returns no term."""
+
+    source_free = True
+
+    @tladapt.hookimpl
+    def tladapt_losses(self):
+        return {}
 
 
 def test_a_plugin_that_returns_no_loss_stops_the_step_with_a_clear_error(fast_config, source_run):
-    t = make_trainer(fast_config("data.source_free=true", f"model.init_from='{source_run}'",
-                                 "plugins.finetune.freeze=['backbone']"))
+    t = make_trainer(fast_config("data.source_free=true", f"model.init_from='{source_run}'"),
+                     [("no_loss", NoLoss, {})], prepared=False)  # prepare() refuses it: no plugin has a loss
     t.start()
-    with pytest.raises(ConfigError, match="nothing to train: data.source_free = true"):
+    with pytest.raises(ConfigError, match="nothing to train: data.source_free = true .* no active plugin returned "
+                                          "a loss term"):
         t.train_step(t.pipeline.next())
 
 

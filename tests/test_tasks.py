@@ -13,7 +13,7 @@ from tladapt.config import ConfigError
 from tladapt.data import Domain, check_task
 from tladapt.data.datasets import _decoded, load_domain
 from tladapt.data.tasks import class_selection, load_task, select_classes, split_task
-from tladapt.experiment import run_experiment
+from tladapt.experiment import prepare, run_experiment
 from tladapt.tables import build_table, render_table
 from tladapt.transfer import run_feature_transfer, task_splits
 
@@ -189,7 +189,10 @@ def test_a_user_dataset_whose_domains_have_different_class_lists(fast_config, tw
 # ---------------------------------------------------------------- an unlabelled source
 def test_an_unlabelled_source_drops_its_labels_before_the_split_and_needs_a_plugin_loss(fast_config):
     config = fast_config("data.source_labels=false")
-    t = make_trainer(config)
+    with pytest.raises(ConfigError, match=r"nothing to train: data.source_labels = false .* no active plugin has a "
+                                          r"loss \(tladapt_losses\)"):
+        prepare(config)  # before any run; the run checks again at a step (a plugin may return no term)
+    t = make_trainer(config, prepared=False)
     assert t.source.y is None and t.source_val.y is None and t.classes == {"head": None}
     # the split is a plain seeded split of the row indices: no stratification by the hidden labels
     webcam = load_domain("office_caltech10_surf", "webcam")

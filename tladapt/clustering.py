@@ -36,7 +36,8 @@ from pathlib import Path
 import numpy as np
 
 __all__ = ["ClusterScores", "contingency", "nmi", "ari", "cluster_accuracy", "score_clusters", "cluster_labels",
-           "METHODS", "represent", "knn_accuracy", "reduction_scores", "cluster_task"]
+           "METHODS", "represent", "knn_accuracy", "reduction_scores", "cluster_task",
+           "clusterable_target"]
 
 METHODS = ("kmeans", "gmm", "spectral")
 
@@ -232,10 +233,11 @@ def cluster_task(config, task: str, representations: dict[str, str], methods: li
 
     Returns:
         One :class:`ClusterRow` per representation and method, in the order given.
-    """
-    from tladapt.data.tasks import load_task
 
-    _, target = load_task(config.data, task)
+    Raises:
+        ConfigError: as :func:`clusterable_target`.
+    """
+    target = clusterable_target(config, task)
     y = target.y.numpy()
     k = len(np.unique(y))
     rows = []
@@ -245,6 +247,26 @@ def cluster_task(config, task: str, representations: dict[str, str], methods: li
             rows.append(ClusterRow(task, label, method,
                                    [score_clusters(y, cluster_labels(x, k, method, seed)) for seed in config.experiment.seeds]))
     return rows
+
+
+def clusterable_target(config, task: str):
+    """The target domain of ``task`` (class subsets applied) that :func:`cluster_task` clusters.
+
+    Raises:
+        ConfigError: when it has fewer than :data:`tladapt.data.tasks.MIN_CLASSES` classes (one
+            cluster of one class scores NMI = ARI = 1 and 100 % whatever the representation);
+            as :func:`tladapt.data.tasks.load_task`.
+    """
+    from tladapt.data.tasks import MIN_CLASSES, load_task
+    from tladapt.errors import ConfigError
+
+    _, target = load_task(config.data, task)
+    n = len(np.unique(target.y.numpy()))
+    if n < MIN_CLASSES:
+        raise ConfigError(f"data.target_classes: the target of task {task!r} has {n} class "
+                          f"({', '.join(target.classes)}): a clustering score needs at least {MIN_CLASSES} classes "
+                          f"(one class scores NMI = ARI = 1 whatever the representation)")
+    return target
 
 
 def run_label(spec: str) -> str:

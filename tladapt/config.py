@@ -74,8 +74,10 @@ class DataSection(Checked):
     cache_dir: str = option("", "image datasets: folder of the decoded caches; '': <root>/.tladapt-cache when "
                                 "writable, else ~/.cache/tladapt")
     allow_same_domain: bool = option(
-        False, "allow a task whose source and target are one domain with the same classes (an in-domain "
-               "reference, not adaptation); refused by default as a likely typo")
+        False, "allow a task whose source and target are one domain with classes in common (an in-domain "
+               "reference, not adaptation: the target's samples of those classes are source training samples, "
+               "so oracle/target_acc is accuracy on training data; metrics/source_val_acc is the held-out one); "
+               "refused by default. One domain with disjoint classes (a different target task) needs no flag")
     placement: Literal["auto", "device", "host"] = option(
         "auto", "where the domains live: device (on the training device), host (pinned memory, batches "
                 "copied one step ahead on a side stream; CUDA), auto (device when both fit in half the free "
@@ -205,7 +207,9 @@ class Config:
     must be its section class (which validates its own fields), every task must read
     ``'source->target'``, tasks and seeds must not be empty, and some supervised loss must
     remain. Plugin tables are checked against the plugins' options when a run is prepared
-    (:func:`tladapt.experiment.prepare`), since that needs the installed plugins.
+    (:func:`tladapt.experiment.prepare`), since that needs the installed plugins, and a task
+    whose source and target are one domain against the dataset's classes when its domains
+    load (:func:`tladapt.data.tasks.check_same_domain`), since that needs the class names.
 
     Raises:
         ConfigError: naming the key and what was expected.
@@ -231,12 +235,7 @@ class Config:
         if not self.data.tasks:
             raise ConfigError("data.tasks is empty: expected at least one 'source->target' task")
         for task in self.data.tasks:
-            source, target = parse_task(task)
-            same_classes = self.data.source_classes == self.data.target_classes
-            if source == target and same_classes and not self.data.allow_same_domain:
-                raise ConfigError(f"data.tasks entry {task!r}: the source and the target are the same domain "
-                                  f"with the same classes, which tests in-domain, not adaptation; set "
-                                  f"data.allow_same_domain = true if that is what you want")
+            parse_task(task)  # a same-domain task is checked against the dataset's classes when it loads
         if not self.experiment.seeds:
             raise ConfigError("experiment.seeds is empty: expected at least one seed")
         _check_augment(self.augment)

@@ -26,7 +26,7 @@ from tladapt.progress import Progress
 from tladapt.runs import (atomic_write_bytes, clean_temp_files, find_checkpoint, find_run, find_run_dirs, new_run_dir,
                           read_status, slug, write_json, write_status)
 from tladapt.steps import check_compile
-from tladapt.trainer import Trainer, resolve_device
+from tladapt.trainer import Trainer, nothing_to_train, resolve_device
 from tladapt.validators import available_validators, choose_validators
 
 #: What stops one run but not the runs after it under ``on_failure`` (``tladapt run --keep-going``):
@@ -62,7 +62,8 @@ def prepare(config: Config, plugins: Iterable[str | type] = (), *,
             task of other classes without labelled target samples), an unavailable device,
             unknown validators (``validation.validators``) or a ``trainer.keep_best`` tag
             that no validator or accuracy provides,
-            plugins that need source data in a source-free run, a missing
+            plugins that need source data in a source-free run, nothing to train (no
+            supervised loss and no active plugin with ``tladapt_losses``), a missing
             ``model.init_from`` checkpoint for some task and seed,
             an image dataset that cannot be read (its caches are built here, see
             :func:`tladapt.data.images.prepare_images`), or anything
@@ -99,6 +100,9 @@ def prepare(config: Config, plugins: Iterable[str | type] = (), *,
     check_compile(config, active)
     distributed.check_config(config)
     pm = make_plugin_manager(active)
+    unsupervised = config.data.source_free or not config.data.source_labels
+    if unsupervised and config.data.target_labels_per_class == 0 and not pm.hook.tladapt_losses.get_hookimpls():
+        raise nothing_to_train(config, "has a loss (tladapt_losses)")
     directions = {v.name: v.direction for v in choose_validators(
         available_validators(pm), config.validation.validators,
         config.data.source_val_fraction > 0 and config.data.source_labels and not config.data.source_free)}
@@ -120,8 +124,7 @@ def check_source_free(config: Config, active: list[tuple[PluginInfo, dict]]) -> 
     true ``source_free`` attribute, usually a class attribute ``source_free = True``.
 
     Raises:
-        ConfigError: naming every active plugin that does not declare it; or when no
-            plugin is active and no target sample is labelled (nothing to train on).
+        ConfigError: naming every active plugin that does not declare it.
     """
     needs_source = [info.name for info, table in active
                     if not info.measures_only and not getattr(info.make(table), "source_free", False)]
@@ -129,9 +132,6 @@ def check_source_free(config: Config, active: list[tuple[PluginInfo, dict]]) -> 
         raise ConfigError(
             f"data.source_free = true, but plugin(s) {', '.join(needs_source)} need source data (they do not declare "
             f"source_free = True): remove their [plugins.*] tables or set data.source_free = false")
-    if all(info.measures_only for info, _ in active) and config.data.target_labels_per_class == 0:
-        raise ConfigError("data.source_free = true with no plugin and no labelled target sample leaves nothing to "
-                          "train on: add a source-free plugin (e.g. [plugins.shot]) or data.target_labels_per_class")
 
 
 def prepare_all(configs: Sequence[Config], plugins: Iterable[str | type] = (),

@@ -83,6 +83,18 @@ def resolve_device(name: str) -> torch.device:
     return torch.device("cuda", ctx.local_rank) if device.type == "cuda" and ctx.active else device
 
 
+
+def nothing_to_train(config: Config, found: str) -> ConfigError:
+    """The error of a run with no supervised loss (``data.source_free = true`` or ``data.source_labels
+    = false``, and ``data.target_labels_per_class = 0``) where no plugin ``found`` a loss term:
+    raised before any run when no active plugin implements ``tladapt_losses``
+    (:func:`tladapt.experiment.prepare`), and at a step where none returned a term."""
+    why = "data.source_free = true" if config.data.source_free else "data.source_labels = false"
+    return ConfigError(f"nothing to train: {why} and data.target_labels_per_class = 0 leave no supervised loss, "
+                       f"and no active plugin {found} (enable a plugin that trains without labels, e.g. "
+                       "[plugins.shot] source-free, [plugins.autoencoder] or [plugins.simclr] for an unlabelled "
+                       "source)")
+
 class Trainer:
     """Trains one task with one seed and the active plugins.
 
@@ -148,6 +160,7 @@ class Trainer:
         self.source, self.source_val, self.target_labelled = splits.source, splits.source_val, splits.target_labelled
         self._target_labels = splits.target_rest.y
         self.target = splits.target_rest.unlabelled()
+        self.split_counts = splits.counts(config.data.target_labels_per_class)  # results.json["splits"]
         self.num_classes = len(self.target.classes)
         pm.hook.tladapt_transform_domains(trainer=self)  # may change the input space (JDA, TCA, BDA)
         self._check_transformed(splits)
@@ -437,11 +450,7 @@ class Trainer:
                                       "tladapt_balance_losses may change weights and add terms only")
                 terms[name] = term
         if not terms:
-            why = "data.source_free = true" if self.source is None else "data.source_labels = false"
-            raise ConfigError(f"nothing to train: {why} and data.target_labels_per_class = 0 leave no supervised "
-                              "loss, and no active plugin returned a loss term (enable a plugin that trains "
-                              "without labels, e.g. [plugins.shot] source-free, [plugins.autoencoder] or "
-                              "[plugins.simclr] for an unlabelled source)")
+            raise nothing_to_train(self.config, "returned a loss term")
         return terms
 
     def _layout(self, x: torch.Tensor) -> torch.Tensor:
@@ -621,6 +630,7 @@ class Trainer:
             "validators": self.validators.directions,
             "run_dir": str(self.run_dir),
             "classes": {name: None if c is None else list(c) for name, c in self.classes.items()},
+            "splits": self.split_counts,
             "threads": self.threads.to_dict(),
         }
         if self.init_report:

@@ -262,7 +262,7 @@ def run_feature_transfer(config: Config, model_dir: str | Path, layer: str = "ba
             final = {"step": 0, "oracle/target_acc": acc, "metrics/train_acc": 100.0 * float((clf.predict(x) == y).mean())}
             result = {"task": task, "method": method, "dataset": config.data.dataset, "seed": seed, "steps": 0,
                       "final": final, "history": [final], "run_dir": str(run_dir), "classes": {"head": list(rest.classes)},
-                      "transfer": {"layer": layer, "classifier": classifier, "train_on": train_on,
+                      "splits": splits.counts(config.data.target_labels_per_class), "transfer": {"layer": layer, "classifier": classifier, "train_on": train_on,
                                    "init_from": str(model_dir), "n_train": int(len(y)), "n_test": len(rest)}}
             logger = RunLogger(run_dir)
             logger.scalars({k: v for k, v in final.items() if k != "step"}, 0)

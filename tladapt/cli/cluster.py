@@ -39,7 +39,8 @@ def main(args) -> int:
     from tabulate import tabulate
     from tqdm import tqdm
 
-    from tladapt.clustering import METHODS, cluster_task, reduction_scores, represent, knn_accuracy, run_label
+    from tladapt.clustering import (METHODS, cluster_task, clusterable_target, knn_accuracy, reduction_scores,
+                                    represent, run_label)
     from tladapt.config import load_config
     from tladapt.data.tasks import load_task
     from tladapt.runs import find_checkpoint
@@ -49,6 +50,8 @@ def main(args) -> int:
     seed = config.experiment.seeds[0]
     runs_of = {task: [str(find_checkpoint(spec, task, seed).parent) for spec in args.features]
                for task in config.data.tasks}  # every path is checked before any work
+    for task in config.data.tasks:  # and every target has classes to score clusters against
+        clusterable_target(config, task)
     rows, reductions = [], []
     for task in tqdm(config.data.tasks, desc="tasks", disable=None, leave=False):
         representations = {"input": "input"}

@@ -120,6 +120,26 @@ def _print_results(results: list[dict], runs_dir: str | None) -> None:
         root = os.path.commonpath([str(Path(r["run_dir"]).parents[2]) for r in unscored])  # <runs>/<experiment>
         print(f"\nNext: start a run from one of these with tladapt run TARGET.toml --init-from RUN_DIR (its backbone; "
               "a new head for the target)" + (f", or tabulate them: tladapt table {root} --metric {tags[0]}" if tags else ""))
+    for note in _clamp_notes(results):
+        print(f"tladapt: note: {note}", file=sys.stderr)
+
+
+def _clamp_notes(results: list[dict]) -> list[str]:
+    """One line per config and task whose k labelled target samples per class were clamped to
+    ``n_c - 1`` for some class (``results.json["splits"]["clamped"]``; the counts do not depend
+    on the seed), with the labelled and test counts the numbers rest on."""
+    notes: dict[tuple, str] = {}
+    for r in results:
+        split = r.get("splits") or {}
+        if split.get("clamped"):
+            key = (r.get("config_id"), r["task"], r["method"])
+            notes.setdefault(key, (
+                f"{r['task']} ({r['method']}): data.target_labels_per_class = {split['target_labels_per_class']} "
+                f"exceeds what {len(split['clamped'])} class(es) can give ({', '.join(split['clamped'][:5])}"
+                f"{', ...' if len(split['clamped']) > 5 else ''}), so each of them gave n_c - 1 labelled "
+                f"samples and kept one for testing: {split['target_labelled']} labelled, {split['target_test']} "
+                f"test samples of oracle/target_acc (results.json \"splits\")"))
+    return list(notes.values())
 
 
 def _report_failures(failures: list[tuple[Path, Exception]], main: bool) -> int:

@@ -31,8 +31,13 @@ from tladapt.data.domain import Domain, check_task
 from tladapt.data.images import ImageOptions
 from tladapt.errors import ConfigError
 
-__all__ = ["TaskSplits", "class_selection", "select_classes", "load_task", "shares_label_space",
-           "to_source_labels", "split_source", "split_target", "split_task", "check_class_options"]
+__all__ = ["TaskSplits", "class_selection", "select_classes", "load_task", "check_same_domain",
+           "shares_label_space", "to_source_labels", "split_source", "split_target", "split_task",
+           "check_class_options", "MIN_CLASSES"]
+
+#: Classes a classifier head, or a clustering score, needs: one class makes every prediction
+#: right (a 1-way head scores 100 %, one cluster scores NMI = ARI = 1).
+MIN_CLASSES = 2
 
 
 def class_selection(classes: tuple[str, ...], selection: list[str | int], key: str) -> list[int]:
@@ -100,10 +105,49 @@ def load_task(data: DataSection, task: str) -> tuple[Domain | None, Domain]:
     """
     s, t = parse_task(task)
     images = ImageOptions.of(data)
-    source = None if data.source_free else select_classes(  # a source-free run never reads its source
-        load_domain(data.dataset, s, images=images), data.source_classes, "data.source_classes")
-    target = select_classes(load_domain(data.dataset, t, images=images), data.target_classes, "data.target_classes")
-    return source, target
+    source = None if data.source_free else load_domain(data.dataset, s, images=images)  # never read source-free
+    target = source if source is not None and s == t else load_domain(data.dataset, t, images=images)
+    if s == t:
+        check_same_domain(data, task, target.classes)
+    source = None if source is None else select_classes(source, data.source_classes, "data.source_classes")
+    return source, select_classes(target, data.target_classes, "data.target_classes")
+
+
+def check_same_domain(data: DataSection, task: str, classes: tuple[str, ...]) -> None:
+    """Refuse a task whose source and target are one domain and share a class.
+
+    Both selections are resolved to the domain's classes (:func:`class_selection`: names
+    and indices alike, ``[]`` as every class), so ``[0, 1]`` and ``['0', '1']`` are the same
+    classes. A shared class means the target's samples of it *are* source training samples:
+    ``oracle/target_acc`` would test on samples the model was trained on with their labels.
+    Disjoint classes of one domain (e.g. MNIST 0-4 -> MNIST 5-9) are a different target task
+    and pass. ``data.allow_same_domain = true`` lets the overlap through, for a deliberate
+    in-domain reference (its ``oracle/target_acc`` is then accuracy on training data; the
+    held-out in-domain number is ``metrics/source_val_acc``).
+
+    Args:
+        data: the config's ``[data]`` section.
+        task: ``"source->target"`` (a no-op unless both name one domain).
+        classes: the domain's class names (index ``k`` names label ``k``).
+
+    Raises:
+        ConfigError: naming the task, the shared classes and ``data.allow_same_domain``; or as
+            :func:`class_selection`.
+    """
+    source, target = parse_task(task)
+    if source != target or data.allow_same_domain:
+        return
+    shared = sorted(set(class_selection(classes, data.source_classes, "data.source_classes"))
+                    & set(class_selection(classes, data.target_classes, "data.target_classes")))
+    if shared:
+        names = ", ".join(classes[k] for k in shared)
+        raise ConfigError(f"data.tasks entry {task!r}: the source and the target are the same domain and share "
+                          f"{len(shared)} of their classes ({names}; data.source_classes and data.target_classes "
+                          f"resolved to the domain's classes): the target's samples of these classes are source "
+                          f"training samples, so oracle/target_acc would test on samples trained on with their "
+                          f"labels. Select disjoint classes (a different target task), or set "
+                          f"data.allow_same_domain = true for an in-domain reference that knowingly tests on "
+                          f"training data")
 
 
 def shares_label_space(source: Domain, target: Domain) -> bool:
@@ -207,6 +251,30 @@ class TaskSplits:
     target_rest: Domain
     shared_head: bool
 
+    def counts(self, per_class: int) -> dict:
+        """How many samples each split holds (``results.json["splits"]``).
+
+        Args:
+            per_class: ``data.target_labels_per_class`` (k).
+
+        Returns:
+            ``{"source_train", "source_val", "target_labelled", "target_test"}`` sample counts
+            (None for a split the run does not have; ``target_test`` is the test set of
+            ``oracle/target_acc``), ``"target_labels_per_class"``: k, and ``"clamped"``: the
+            names of the target classes that got fewer than k labelled samples (a class of
+            ``n_c`` samples gives ``min(k, n_c - 1)``, :func:`split_target`), in class order.
+        """
+        size = lambda d: None if d is None else len(d)  # noqa: E731
+        clamped: list[str] = []
+        if self.target_labelled is not None:
+            n = len(self.target_rest.classes)
+            rest = torch.bincount(self.target_rest.y.cpu(), minlength=n)  # every class keeps >= 1 in the rest
+            labelled = torch.bincount(self.target_labelled.y.cpu(), minlength=n)
+            clamped = [self.target_rest.classes[c] for c in ((rest > 0) & (labelled < per_class)).nonzero().flatten()]
+        return {"source_train": size(self.source), "source_val": size(self.source_val),
+                "target_labelled": size(self.target_labelled), "target_test": len(self.target_rest),
+                "target_labels_per_class": per_class, "clamped": clamped}
+
 
 def split_task(data: DataSection, source: Domain | None, target: Domain, seed: int,
                device: torch.device | str | None = None, host: bool = False) -> TaskSplits:
@@ -232,7 +300,8 @@ def split_task(data: DataSection, source: Domain | None, target: Domain, seed: i
     Raises:
         ValueError: for an invalid task (:func:`tladapt.data.check_task`), including a target
             whose classes are not the source's with no labelled target samples (UDA).
-        ConfigError: as :func:`split_source`.
+        ConfigError: as :func:`split_source`; for a labelled source, or a target with a head of
+            its own, of fewer than :data:`MIN_CLASSES` classes.
     """
     if source is None:
         target = target if device is None else target.to(device, host)
@@ -246,6 +315,7 @@ def split_task(data: DataSection, source: Domain | None, target: Domain, seed: i
     labelled = data.target_labels_per_class > 0
     check_task(source, target, labelled_target=labelled, source_labels=data.source_labels)
     shared = source.y is not None and shares_label_space(source, target)
+    _check_class_counts(source, target, shared)
     if shared:
         target = to_source_labels(source, target)
     source, source_val = split_source(source, data.source_val_fraction, seed)
@@ -253,6 +323,23 @@ def split_task(data: DataSection, source: Domain | None, target: Domain, seed: i
         source, _ = split_target(source, data.source_labels_per_class, seed)
     target_labelled, rest = split_target(target, data.target_labels_per_class, seed)
     return TaskSplits(source, source_val, target_labelled, rest, shared)
+
+
+def _check_class_counts(source: Domain, target: Domain, shared: bool) -> None:
+    """A head sized for a domain's classes needs :data:`MIN_CLASSES` of them: the source's when it
+    is labelled, the target's when it gets a head of its own (a target among the source's
+    classes is scored by the source-sized head, so one target class is partial DA, not trivial).
+
+    Raises:
+        ConfigError: naming ``data.source_classes`` / ``data.target_classes``.
+    """
+    heads = [("source", source, "data.source_classes")] * (source.y is not None)
+    heads += [("target", target, "data.target_classes")] * (not shared)
+    for role, domain, key in heads:
+        if len(domain.classes) < MIN_CLASSES:
+            raise ConfigError(f"{key}: the {role} domain {domain.name!r} keeps {len(domain.classes)} class "
+                              f"({', '.join(domain.classes)}): expected at least {MIN_CLASSES} classes, since a "
+                              f"classifier of one class is right on every sample")
 
 
 def check_class_options(data: DataSection) -> None:
