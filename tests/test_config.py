@@ -121,6 +121,10 @@ def test_every_experiment_config_validates(path, monkeypatch):
         with pytest.raises(ConfigError, match="plugins.finetune.init = 'source' needs model.init_from"):
             experiment.prepare(config)
         return
+    if not config.data.source_labels and not config.plugins:  # a base that its variants add the objective to
+        with pytest.raises(ConfigError, match="nothing to train: data.source_labels = false"):
+            experiment.prepare(config)
+        return
     config, _ = experiment.prepare(config)
     assert config.experiment.method
 

@@ -45,6 +45,8 @@ CASES = [
     ("pytorch_adapt", ["plugins.pytorch_adapt.terms={mcc = {layer = 'MCCLoss', inputs = ['logits_t']}, "
                        "coral = {layer = 'CORALLoss', inputs = ['features_s', 'features_t']}}"]),
     ("host_placement", ["data.placement='host'", "plugins.dann.hidden=[16]"]),  # batches fetched one step ahead
+    ("multitask", ["plugins.multitask.domains=['amazon']", "plugins.multitask.weighting='uncertainty'",
+                   "data.target_labels_per_class=3", "model.shared_head=false"]),  # a run of three tasks
     ("image_augmentation", ["data.dataset='mnist_usps_jda'", "data.tasks=['usps->mnist']", "augment.train='standard'",
                             "augment.flip=false", "augment.color_jitter=[0.2, 0.2, 0.0, 0.0]"]),
 ]

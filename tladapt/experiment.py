@@ -100,9 +100,6 @@ def prepare(config: Config, plugins: Iterable[str | type] = (), *,
     check_compile(config, active)
     distributed.check_config(config)
     pm = make_plugin_manager(active)
-    unsupervised = config.data.source_free or not config.data.source_labels
-    if unsupervised and config.data.target_labels_per_class == 0 and not pm.hook.tladapt_losses.get_hookimpls():
-        raise nothing_to_train(config, "has a loss (tladapt_losses)")
     directions = {v.name: v.direction for v in choose_validators(
         available_validators(pm), config.validation.validators,
         config.data.source_val_fraction > 0 and config.data.source_labels and not config.data.source_free)}
@@ -114,6 +111,9 @@ def prepare(config: Config, plugins: Iterable[str | type] = (), *,
                                  plugins={info.name: info.resolve(table) for info, table in enabled})
     if tasks:
         check_tasks(config, pm)  # every task's data, model, optimizer and plugin checks (tladapt.preflight)
+    unsupervised = config.data.source_free or not config.data.source_labels
+    if unsupervised and config.data.target_labels_per_class == 0 and not pm.hook.tladapt_losses.get_hookimpls():
+        raise nothing_to_train(config, "has a loss (tladapt_losses)")  # after the plugins' own, finer checks
     return config, active
 
 
