@@ -3,7 +3,8 @@
 The four transfer regimes of the CS231n notes ("Transfer Learning", Karpathy et al.,
 https://cs231n.github.io/transfer-learning/) and Yosinski, Clune, Bengio & Lipson,
 "How transferable are features in deep neural networks?", NIPS 2014, map onto this
-plugin plus ``model.init_from`` (the source run whose backbone and head start this run),
+plugin plus ``model.init_from`` (the source run whose backbone starts this run, and its head
+when it predicts the same classes),
 ``data.target_labels_per_class`` (the labelled target samples) and ``trainer.lr_mult``:
 
 * fine-tune the whole network: ``init = "source"``, nothing frozen, a small

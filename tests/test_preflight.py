@@ -132,7 +132,7 @@ def test_init_from_that_does_not_fit_fails_before_any_run(fast_config, tmp_path)
     [source] = run_experiment(fast_config("trainer.steps=2", "trainer.eval_every=2"))
     config = fast_config(f"model.init_from='{source['run_dir']}'", "model.hidden=[8]",
                          f"experiment.runs_dir='{tmp_path / 'other'}'")
-    with pytest.raises(ConfigError, match=r"does not fit this model: backbone.0.weight: \(32, 800\) there, \(8, 800\)"):
+    with pytest.raises(ConfigError, match=r"does not fit this model: backbone.0.weight: \(32, 800\) there, \(8, 800\) here"):
         run_experiment(config)
     assert not (tmp_path / "other").exists()
 

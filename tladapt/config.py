@@ -120,7 +120,9 @@ class ModelSection(Checked):
         True, "one head for source and target when the target's classes are the source's; false: a head per "
               "domain (multi-task learning)")
     init_from: str = option("", "a run directory (or checkpoint.pt, or a folder of seed<k>-* runs) whose backbone "
-                                "and head start this run; may hold {source}, {target}, {task}, {seed}")
+                                "starts this run (it must be this model's backbone: same layers and shapes), and "
+                                "each of its heads a head that predicts the same class names (other heads start new); "
+                                "may hold {source}, {target}, {task}, {seed}")
     weights: str = option("", "torchvision backbones: a state-dict file, or a torchvision weights name (DEFAULT, "
                               "IMAGENET1K_V1, ...) read from $TORCH_HOME/hub/checkpoints; never downloaded; '': "
                               "random init")

@@ -29,6 +29,7 @@ from tladapt.data.augment import attach
 from tladapt.data.domain import Domain
 from tladapt.data.pipeline import PairedPipeline
 from tladapt.data.tasks import load_task, split_task
+from tladapt.init_from import plan_init
 from tladapt.models import build_backbone
 from tladapt.runs import find_checkpoint
 
@@ -52,8 +53,9 @@ class TaskPreview:
         target_labelled: the k-shot labelled target subset, or None.
         backbone: the backbone on the meta device; ``backbone.out_features`` is ``feature_dim``.
         head: the target's classifier head (``nn.Linear``) on the meta device.
-        modules: ``nn.ModuleDict(backbone=..., head=...)``, as ``trainer.modules`` before
-            any plugin registers its own.
+        modules: ``nn.ModuleDict(backbone=..., head=...)`` (plus ``source_head`` when the
+            source has a head of its own), as ``trainer.modules`` before any plugin registers
+            its own.
         feature_dim: the backbone's output size.
             (``backbone``, ``head``, ``modules`` and ``feature_dim`` are None when a plugin
             implements ``tladapt_transform_domains``: the model is built on its output.)
@@ -118,17 +120,19 @@ def check_task(config: Config, pm: pluggy.PluginManager, task: str) -> TaskPrevi
         raise ConfigError(f"task {task!r} of data.dataset = {data.dataset!r}: {err}") from None
     _check_optimizer(config)
     backbone = head = modules = None
+    classes = splits.head_classes(config.model.shared_head)
     if not pm.hook.tladapt_transform_domains.get_hookimpls():  # else the inputs' shape is known only in the run
         backbone, head = _meta_model(config, target_rest.input_shape, len(target_rest.classes))
         modules = nn.ModuleDict({"backbone": backbone, "head": head})
+        if "source_head" in classes:  # as the trainer builds it
+            with torch.device("meta"):
+                modules["source_head"] = nn.Linear(backbone.out_features, len(classes["source_head"]))
         _check_lr_mult(config, modules)
         if config.model.init_from:
-            _check_init_from(config.model.init_from, task, config.experiment.seeds[0], modules)
-    source = splits.source
-    shared = source is None or source.y is None or (splits.shared_head and config.model.shared_head)
-    preview = TaskPreview(task, source, splits.source_val, target_rest, splits.target_labelled,
+            _check_init_from(config.model.init_from, task, config.experiment.seeds, modules, classes)
+    preview = TaskPreview(task, splits.source, splits.source_val, target_rest, splits.target_labelled,
                           backbone, head, modules, None if backbone is None else backbone.out_features,
-                          len(target_rest.classes), shared)
+                          len(target_rest.classes), "source_head" not in classes)
     try:
         pm.hook.tladapt_check(config=config, task=preview)
     except ConfigError as err:
@@ -183,12 +187,11 @@ def _check_optimizer(config: Config) -> None:
         raise ConfigError(f"trainer.optimizer = {cfg.optimizer!r} rejects its options: {err}") from None
 
 
-def _check_init_from(path: str, task: str, seed: int, modules: nn.ModuleDict) -> None:
-    """``model.init_from`` loads safely and its backbone fits the model's shapes (that every task
-    and seed has its checkpoint is checked by ``prepare``)."""
-    saved = checkpoint.load(find_checkpoint(path, task, seed), f"model.init_from={path!r}")["modules"]
+def _check_init_from(path: str, task: str, seeds: list[int], modules: nn.ModuleDict,
+                     classes: dict[str, tuple[str, ...] | None]) -> None:
+    """Each seed's ``model.init_from`` checkpoint loads safely and fits the model as the trainer
+    will load it (:func:`tladapt.init_from.plan_init`: the whole backbone, heads by class names;
+    that every task and seed has its checkpoint is checked by ``prepare``)."""
     shapes = {k: tuple(v.shape) for k, v in modules.state_dict().items()}
-    wrong = [f"{k}: {tuple(v.shape)} there, {shapes[k]} here" for k, v in saved.items()
-             if k.startswith("backbone.") and k in shapes and tuple(v.shape) != shapes[k]]
-    if wrong:
-        raise ConfigError(f"model.init_from={path!r} does not fit this model: {'; '.join(wrong)}")
+    for file in dict.fromkeys(find_checkpoint(path, task, seed) for seed in seeds):  # each file once
+        plan_init(path, file, checkpoint.load(file, f"model.init_from={path!r}"), shapes, classes)

@@ -30,6 +30,7 @@ from tladapt.data.domain import Domain
 from tladapt.data.pipeline import Batch, PairedPipeline, resolve_placement
 from tladapt.data.tasks import split_source, split_target, split_task  # noqa: F401  (split_*: re-exported)
 from tladapt.errors import PluginError, RunInterrupted, TrainingDiverged
+from tladapt.init_from import plan_init
 from tladapt.manager import call_each
 from tladapt.models import build_backbone
 from tladapt.plugin import Term
@@ -177,17 +178,12 @@ class Trainer:
         self.head = nn.Linear(self.feature_dim, self.num_classes)
         self.modules = nn.ModuleDict({"backbone": self.backbone, "head": self.head})
         # Which classes each head predicts; None: nothing trains it (an unlabelled source, no target labels).
-        # (In a source-free run the source model's head predicts the target's classes.)
-        trained = self.target_labelled is not None or (
-            splits.shared_head and (self.source is None or (self.source.y is not None and m.shared_head)))
-        self.classes: dict[str, tuple[str, ...] | None] = {"head": self.target.classes if trained else None}
+        self.classes: dict[str, tuple[str, ...] | None] = splits.head_classes(m.shared_head)
         self.source_head = self.head
-        if self.source is not None and self.source.y is not None and not (splits.shared_head and m.shared_head):
-            # a head per label set (a different target task) or per task (model.shared_head = false)
+        if "source_head" in self.classes:  # a head per label set (a different target task) or per task
             self.source_head = self.modules["source_head"] = nn.Linear(self.feature_dim, len(self.source.classes))
-            self.classes["source_head"] = self.source.classes
         self.modules.to(self.device)
-        self.init_report: dict[str, str] = {}
+        self.init_report: dict[str, str | list[str]] = {}
         if m.init_from and not self.resuming:  # a resumed run restores its own weights
             self._init_from(m.init_from)
         self._lr_mult = {name: 1.0 for name in self.modules}
@@ -294,32 +290,22 @@ class Trainer:
     def _init_from(self, path: str) -> None:
         """Start the backbone, and each head whose classes match, from an earlier run (``model.init_from``).
 
-        The backbone always loads. A head loads from the checkpoint's head that predicts
-        the same class names in the same order (``classes`` in the checkpoint), so a
-        source model's head starts a same-task target run, and a target task with other
-        classes gets a fresh head sized for them. Checkpoints without ``classes`` load
-        ``head`` into ``head``. ``self.init_report`` (``results.json["init_from"]``) says
-        what started where.
+        The rule is :func:`tladapt.init_from.plan_init`'s (the preflight checked the same):
+        the whole backbone loads, a head loads from the checkpoint's head that predicts the
+        same class names in the same order, every other head is new, the checkpoint's other
+        modules stay behind. ``self.init_report`` (``results.json["init_from"]``) says what
+        started where and why.
 
         Raises:
-            ConfigError: no checkpoint at ``path``, or a backbone that does not fit.
+            ConfigError: no checkpoint at ``path``, a backbone that is not exactly this
+                model's, or a matched head of another shape.
         """
         file = find_checkpoint(path, f"{self.source_name}->{self.target.name}", self.seed)
-        ckpt = checkpoint.load(file, f"model.init_from={path!r}")
-        state, saved = ckpt["modules"], ckpt.get("classes", {"head": self.classes["head"]})
-        load = {k: v for k, v in state.items() if k.split(".", 1)[0] == "backbone"}
-        self.init_report = {"backbone": str(path)}
-        for name, classes in self.classes.items():
-            match = next((k for k, c in saved.items() if c is not None and tuple(c) == classes), None)
-            if classes is None or match is None:
-                self.init_report[name] = "new (no head of the checkpoint predicts these classes)"
-                continue
-            load.update({f"{name}.{k.split('.', 1)[1]}": v for k, v in state.items() if k.split(".", 1)[0] == match})
-            self.init_report[name] = f"{match} of {path}"
-        try:
-            self.modules.load_state_dict(load, strict=False)
-        except RuntimeError as err:
-            raise ConfigError(f"model.init_from={path!r} does not fit this model: {err}") from None
+        shapes = {k: tuple(v.shape) for k, v in self.modules.state_dict().items()}
+        plan = plan_init(path, file, checkpoint.load(file, f"model.init_from={path!r}"), shapes, self.classes)
+        for name, state in plan.states.items():
+            self.modules[name].load_state_dict(state)  # strict: plan_init checked every entry
+        self.init_report = plan.report
 
     # ------------------------------------------------------------------ plugin API
     def add_module(self, name: str, module: nn.Module, lr_mult: float = 1.0) -> nn.Module:

@@ -119,6 +119,18 @@ def load_model(run_dir: str | Path, input_shape: tuple[int, ...] | None = None) 
     return config, model.eval()
 
 
+def head_classes(run_dir: str | Path) -> dict[str, tuple[str, ...] | None]:
+    """The class names each head of a finished run predicts (its checkpoint's ``classes``):
+    head name -> names, None for a head nothing trained (a self-taught pre-training run's).
+    A checkpoint from before classes were recorded gives ``{}``.
+
+    Raises:
+        ConfigError: as :func:`tladapt.checkpoint.load`.
+    """
+    saved = checkpoint.load(Path(run_dir) / "checkpoint.pt", f"the model of run {run_dir}").get("classes", {})
+    return {name: None if c is None else tuple(c) for name, c in saved.items()}
+
+
 @torch.no_grad()
 def extract_features(model: nn.ModuleDict, x: torch.Tensor, layer: str = "backbone", chunk: int = 1024) -> torch.Tensor:
     """The output of ``layer`` for inputs ``x``, through a forward hook, in eval mode.
@@ -235,7 +247,9 @@ def run_feature_transfer(config: Config, model_dir: str | Path, layer: str = "ba
 
     Raises:
         ConfigError: for an unknown ``train_on``, ``train_on="target"`` with
-            ``data.target_labels_per_class = 0``, or as :func:`load_model` / :func:`extract_features`.
+            ``data.target_labels_per_class = 0``, ``layer = "head"`` of a run whose head was
+            never trained (:func:`head_classes`: None), or as :func:`load_model` /
+            :func:`extract_features`.
     """
     if train_on not in ("target", "source+target"):
         raise ConfigError(f"train_on must be 'target' or 'source+target', got {train_on!r}")
@@ -243,6 +257,11 @@ def run_feature_transfer(config: Config, model_dir: str | Path, layer: str = "ba
         raise ConfigError("a classifier trained on the target needs data.target_labels_per_class > 0")
     method = method or f"linear@{layer}"
     _, model = load_model(model_dir)
+    if layer.split(".")[0] == "head" and head_classes(model_dir).get("head", ()) is None:
+        raise ConfigError(f"layer {layer!r}: the head of run {model_dir} was never trained (its classes are null: "
+                          "a self-taught or unlabelled-source run), so its outputs are a random projection of the "
+                          "backbone's features, not a source classifier's scores: use layer='backbone' or an "
+                          "earlier layer")
     config = dataclasses.replace(config, experiment=dataclasses.replace(config.experiment, method=method))
     results = []
     for task in config.data.tasks:

@@ -27,7 +27,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_set_arg(run)
     run.add_argument("--seeds", help="seeds to run: '0', '0-2' or '0,3,5'")
     run.add_argument("--runs-dir", help="root of the run directories (default: experiment.runs_dir, 'runs')")
-    run.add_argument("--init-from", metavar="RUN_DIR", help="start backbone and head from this run (model.init_from)")
+    run.add_argument("--init-from", metavar="RUN_DIR", help="start the backbone from this run, and a head from its head that predicts the "
+                     "same classes (else a new head); sets model.init_from")
     run.add_argument("--resume", nargs="?", const="", metavar="RUN_DIR",
                      help="with a run directory (or any folder above runs): resume it (every unfinished run below "
                           "it), skipping finished ones; without one: run the configs again, reusing their finished "

@@ -275,6 +275,29 @@ class TaskSplits:
                 "target_labelled": size(self.target_labelled), "target_test": len(self.target_rest),
                 "target_labels_per_class": per_class, "clamped": clamped}
 
+    def head_classes(self, one_head: bool = True) -> dict[str, tuple[str, ...] | None]:
+        """The classifier heads a run of these splits has and the class names each predicts
+        (``Trainer.classes``; ``model.init_from`` matches heads by them).
+
+        ``head`` is the target's; None when nothing trains it (no labelled target sample and
+        no labelled source sharing it, e.g. self-taught pre-training). ``source_head`` is there
+        when a labelled source has a head of its own: a target task with other classes, or
+        ``one_head = False`` (``model.shared_head = false``). In a source-free run the source
+        model's head predicts the target's classes.
+
+        Args:
+            one_head: ``model.shared_head``: one head for source and target when their label
+                spaces agree.
+        """
+        source = self.source
+        labelled_source = source is not None and source.y is not None
+        trained = self.target_labelled is not None or (
+            self.shared_head and (source is None or (labelled_source and one_head)))
+        classes = {"head": self.target_rest.classes if trained else None}
+        if labelled_source and not (self.shared_head and one_head):
+            classes["source_head"] = source.classes
+        return classes
+
 
 def split_task(data: DataSection, source: Domain | None, target: Domain, seed: int,
                device: torch.device | str | None = None, host: bool = False) -> TaskSplits:
