@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tladapt.advice import (K1_MIN_SAMPLES, advise_task, choose_regime, cross_validate_regimes, decide,
-                            default_regime, paired_gain, train_per_class)
+from tladapt.advice import (FROM_SOURCE_AT, K1_MIN_SAMPLES, advise_task, choose_regime, cross_validate_regimes,
+                            decide, default_regime, paired_gain, train_per_class)
 from tladapt.cli import main
 from tladapt.data import Domain
 from tladapt.data.tasks import split_target
@@ -60,26 +60,56 @@ def test_choose_regime_switches_only_when_the_gain_clears_its_noise():
     assert choose_regime({**scores, "finetune_all": [66.0, 64.0, 68.0]}, default="from_source")[0] == "finetune_all"
 
 
+def test_a_frozen_backbone_must_beat_every_fine_tuning_regime():
+    """A linear regime replaces the default only when it also clears the guard over the other
+    fine-tuning regime; a fine-tuning regime needs to clear it over the default only."""
+    scores = {"linear_top": [66.0, 64.0, 65.0], "finetune_all": [60.0, 60.0, 59.0],
+              "linear_early": [40.0, 40.0, 40.0], "from_source": [61.0, 66.0, 60.0]}
+    # over finetune_all: linear_top gains 6, 4, 6 (+5.3 ± 0.7, clears); from_source 1, 6, 1 (+2.7 ± 1.7: noise);
+    # linear_top over from_source: 5, -2, 5 (+2.7 ± 2.3: noise) -> the default stays
+    regime, reason = choose_regime(scores)
+    assert regime == "finetune_all"
+    assert reason.endswith("(best: linear_top +5.3 ± 0.7, but +2.7 ± 2.3 over from_source: a frozen backbone must "
+                           "beat every fine-tuning regime)")
+    assert choose_regime(scores, noise=1.0)[0] == "linear_top"  # +2.7 >= 1 x 2.3 over from_source as well
+    steady = {**scores, "from_source": [65.0, 64.0, 65.0]}  # +5 ± 0.6 over finetune_all; linear_top +0.3 over it
+    assert choose_regime(steady)[0] == "from_source"
+    # the default from_source: linear_top must beat it and finetune_all
+    ahead = {**steady, "linear_top": [70.0, 69.0, 70.0]}  # +5 ± 0.3 over from_source, +10 over finetune_all
+    assert choose_regime(ahead)[0] == "linear_top" and choose_regime(ahead, default="from_source")[0] == "linear_top"
+    tied = {**ahead, "finetune_all": [70.0, 69.0, 69.5]}  # linear_top +0.2 over finetune_all
+    assert choose_regime(tied, default="from_source")[0] == "finetune_all"  # finetune_all: +4.8 ± 0.2 over from_source
+
+
+def test_the_default_is_from_source_for_a_new_head_or_enough_labels():
+    assert FROM_SOURCE_AT == 5.0
+    assert default_regime(new_head=True, labels_per_class=1.0) == "from_source"
+    assert default_regime(new_head=False, labels_per_class=3.0) == "finetune_all"
+    assert default_regime(new_head=False, labels_per_class=4.99) == "finetune_all"
+    assert default_regime(new_head=False, labels_per_class=5.0) == "from_source"
+    assert default_regime(new_head=False, labels_per_class=9.6) == "from_source"  # k = 10 on dslr (8-24 per class)
+
+
 def test_decide_from_the_recorded_measurements():
     cv = {"linear_top": [40.0, 40.0, 40.0], "finetune_all": [60.0, 60.0, 60.0],
           "linear_early": [40.0, 40.0, 40.0], "from_source": [60.5, 60.0, 61.0]}
-    assert decide(cv, 35.0, 10.0)[:2] == ("finetune_all", "cross-validation")  # +0.5 < 1 point
-    assert decide(cv, None, 10.0)[:2] == ("from_source", "cross-validation")  # a new head: the default
-    assert decide(cv, None, 10.0, new_head=False)[0] == "finetune_all"  # source-free: a head, not measured
-    assert decide({}, None, 10.0, new_head=False)[:2] == ("finetune_all", "k = 1, source-free")
-    assert default_regime(new_head=True) == "from_source" and default_regime(new_head=False) == "finetune_all"
+    assert decide(cv, 35.0, 10.0, 3.0)[:2] == ("finetune_all", "cross-validation")  # +0.5 < 1 point
+    assert decide(cv, 35.0, 10.0, 10.0)[:2] == ("from_source", "cross-validation")  # 10 per class: the default
+    assert decide(cv, None, 10.0, 3.0)[:2] == ("from_source", "cross-validation")  # a new head: the default
+    assert decide(cv, None, 10.0, 3.0, new_head=False)[0] == "finetune_all"  # source-free: a head, not measured
+    assert decide({}, None, 10.0, 1.0, new_head=False)[:2] == ("finetune_all", "k = 1, source-free")
     # k = 1 (no cross-validation): a new head; a source head above / at chance on 10 samples
-    assert decide({}, None, 20.0)[:2] == ("from_source", "k = 1, a new head")
-    assert decide({}, 30.0, 10.0)[:2] == ("finetune_all", "source accuracy")
-    regime, basis, reason = decide({}, 10.0, 10.0)
+    assert decide({}, None, 20.0, 1.0)[:2] == ("from_source", "k = 1, a new head")
+    assert decide({}, 30.0, 10.0, 1.0)[:2] == ("finetune_all", "source accuracy")
+    regime, basis, reason = decide({}, 10.0, 10.0, 1.0)
     assert (regime, basis) == ("from_source", "source accuracy") and "not above chance, 10.0%" in reason
-    assert decide({}, 20.0, 20.0)[0] == "from_source"  # 5 samples: K1_MIN_SAMPLES
+    assert decide({}, 20.0, 20.0, 1.0)[0] == "from_source"  # 5 samples: K1_MIN_SAMPLES
     # a binary task: 2 labelled samples; 0 or 50 % says nothing, finetune_all stays
     assert K1_MIN_SAMPLES == 5
     for acc in (0.0, 50.0, 100.0):
-        assert decide({}, acc, 50.0)[0] == "finetune_all"
-    assert "on 2 samples that does not tell" in decide({}, 50.0, 50.0)[2]
-    assert decide({}, 25.0, 25.0)[0] == "finetune_all"  # 4 samples
+        assert decide({}, acc, 50.0, 1.0)[0] == "finetune_all"
+    assert "on 2 samples that does not tell" in decide({}, 50.0, 50.0, 1.0)[2]
+    assert decide({}, 25.0, 25.0, 1.0)[0] == "finetune_all"  # 4 samples
 
 
 def test_cross_validation_reads_only_the_labelled_samples(fast_config, source_model, monkeypatch):
