@@ -49,7 +49,7 @@ import torch
 from tladapt.config import Config, ConfigError
 from tladapt.data.domain import Domain
 from tladapt.data.tasks import load_task, split_target
-from tladapt.transfer import (FINETUNE_REGIMES, REGIMES, candidate_layers, extract_features, fit_linear,
+from tladapt.transfer import (FINETUNE_REGIMES, REGIMES, candidate_layers, extract_features, fit_linear, head_for,
                               layer_distances, load_model, regime_config, source_accuracy, task_splits)
 
 SMALL_BELOW = 10.0
@@ -324,7 +324,8 @@ def decide(cv: dict[str, list[float]], source_acc: float | None, chance: float, 
                 "one labelled sample per class cannot be cross-validated and no source head predicts these classes: "
                 "a new head, trained with the backbone at the full learning rate")
     samples = round(100.0 / chance)
-    at_chance = source_acc <= chance
+    # a count, not a float32 percentage: 1 right of 10 is 10.000000149 %, which is not "above" 10 %
+    at_chance = round(source_acc * samples / 100.0) <= 1
     if at_chance and samples >= K1_MIN_SAMPLES:
         return ("from_source", "source accuracy",
                 f"one labelled sample per class; the source head gets {source_acc:.1f}% of them (not above chance, "
@@ -412,16 +413,18 @@ def advise_task(config: Config, task: str, model_dir: str | Path, seed: int | No
     seed = config.experiment.seeds[0] if seed is None else seed
     rule = classic_rule(config, task, model_dir, small_below, similar_below, distances)
     early, per_class = rule["early_layer"], rule["labels_per_class"]
-    _, model = load_model(model_dir)
     splits = task_splits(config, task, seed)
     labelled = splits.target_labelled
+    head = head_for(model_dir, labelled.classes)  # as a fine-tuning run from the model picks its head
     chance = 100.0 / len(torch.unique(labelled.y))
-    source_acc = source_accuracy(model, labelled) if splits.shared_head and not config.data.source_free else None
+    source_acc = None
+    if head is not None and not config.data.source_free:
+        source_acc = source_accuracy(load_model(model_dir, head=head)[1], labelled)
     advice = Advice(task, k, per_class, "", "", "", source_acc_labelled=source_acc, chance=chance,
                     classic=rule["regime"], classic_reason=rule["reason"], distances=rule["distances"], early_layer=early)
     if int(torch.bincount(labelled.y).max()) >= 2:
         advice.cv = cross_validate_regimes(config, model_dir, labelled, early, task.split("->")[0].strip(), folds,
                                            steps, seed, progress)
     advice.regime, advice.basis, advice.reason = decide(advice.cv, source_acc, chance, per_class, margin, noise,
-                                                        new_head=not splits.shared_head)
+                                                        new_head=head is None)
     return advice

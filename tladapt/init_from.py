@@ -31,7 +31,7 @@ import torch
 
 from tladapt.errors import ConfigError
 
-__all__ = ["InitPlan", "plan_init"]
+__all__ = ["InitPlan", "matching_head", "plan_init"]
 
 #: Entries named in a message before "and N more".
 _SHOWN = 6
@@ -52,6 +52,18 @@ class InitPlan:
 
     states: dict[str, dict[str, torch.Tensor]]
     report: dict[str, str | list[str]]
+
+
+
+
+
+def matching_head(saved: Mapping[str, object], classes: tuple[str, ...] | None) -> str | None:
+    """The name of a checkpoint's head that predicts ``classes``: the same class names in the
+    same order (``saved`` is a checkpoint's ``"classes"``: head name -> class names, None for a
+    head not trained on labels). None when no head does, or ``classes`` is None."""
+    if classes is None:
+        return None
+    return next((name for name, c in saved.items() if c is not None and tuple(c) == tuple(classes)), None)
 
 
 def plan_init(spec: str, file: Path, checkpoint: Mapping, shapes: Mapping[str, tuple[int, ...]],
@@ -87,8 +99,7 @@ def plan_init(spec: str, file: Path, checkpoint: Mapping, shapes: Mapping[str, t
     report: dict[str, str | list[str]] = {"checkpoint": str(file), "backbone": f"backbone of {file}"}
     sources = {"backbone": "backbone"}  # model module -> the checkpoint's module it loads
     for name, wanted in classes.items():
-        match = None if wanted is None else next(
-            (k for k, c in saved.items() if c is not None and tuple(c) == tuple(wanted)), None)
+        match = matching_head(saved, wanted)
         if match is None:
             report[name] = "new: " + ("nothing in this run trains it" if wanted is None else
                                       f"no head of the checkpoint predicts these classes (it has {_heads(saved)})")

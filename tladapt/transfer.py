@@ -34,6 +34,7 @@ from tladapt.data.datasets import load_domain
 from tladapt.data.domain import Domain
 from tladapt.data.tasks import TaskSplits, load_task, split_task
 from tladapt.distance import mmd_distance, proxy_a_distance
+from tladapt.init_from import matching_head
 from tladapt.models import build_backbone
 from tladapt.runs import RunLogger, new_run_dir, write_json, write_status
 
@@ -86,12 +87,15 @@ def candidate_layers(backbone: nn.Module) -> list[str]:
     return ["input"] + [depth_region(backbone, i)[-1] for i in range(1, n)] + ["backbone"]
 
 
-def load_model(run_dir: str | Path, input_shape: tuple[int, ...] | None = None) -> tuple[Config, nn.ModuleDict]:
+def load_model(run_dir: str | Path, input_shape: tuple[int, ...] | None = None,
+               head: str = "head") -> tuple[Config, nn.ModuleDict]:
     """The backbone and head of a finished run, in eval mode on the CPU.
 
     Args:
         run_dir: a run directory holding ``config.json`` and ``checkpoint.pt``.
         input_shape: one input's shape; default: that of the config's first task's source domain.
+        head: which of the checkpoint's heads to load as ``head`` (e.g. ``"source_head"``,
+            the one :func:`head_for` names).
 
     Returns:
         ``(the run's config, nn.ModuleDict(backbone=..., head=...))``.
@@ -111,9 +115,13 @@ def load_model(run_dir: str | Path, input_shape: tuple[int, ...] | None = None) 
     state = checkpoint.load(run_dir / "checkpoint.pt", f"the model of run {run_dir}")["modules"]
     m = config.model
     backbone = build_backbone(m.backbone, input_shape, m.hidden, m.dropout)
-    model = nn.ModuleDict({"backbone": backbone, "head": nn.Linear(backbone.out_features, state["head.weight"].shape[0])})
+    if f"{head}.weight" not in state:
+        raise ConfigError(f"{run_dir}/checkpoint.pt has no module {head!r}")
+    model = nn.ModuleDict({"backbone": backbone, "head": nn.Linear(backbone.out_features, state[f"{head}.weight"].shape[0])})
+    rename = {"backbone": "backbone", head: "head"}
     try:
-        model.load_state_dict({k: v for k, v in state.items() if k.split(".", 1)[0] in model}, strict=True)
+        model.load_state_dict({f"{rename[k.split('.', 1)[0]]}.{k.split('.', 1)[1]}": v for k, v in state.items()
+                               if k.split(".", 1)[0] in rename}, strict=True)
     except RuntimeError as err:
         raise ConfigError(f"{run_dir}/checkpoint.pt does not fit the model of its config.json: {err}") from None
     return config, model.eval()
@@ -167,6 +175,18 @@ def extract_features(model: nn.ModuleDict, x: torch.Tensor, layer: str = "backbo
     finally:
         handle.remove()
     return torch.cat(captured)
+
+
+def head_for(run_dir: str | Path, classes: tuple[str, ...]) -> str | None:
+    """The head of a finished run that predicts ``classes`` (the same names in the same order),
+    as ``model.init_from`` picks it (:func:`tladapt.init_from.matching_head`); None when the
+    run has none (a target of other classes, or a run trained without labels): a fine-tuning
+    run from it gets a new head. A checkpoint that records no classes offers its ``head``.
+
+    Raises:
+        ConfigError: as :func:`head_classes`.
+    """
+    return matching_head(head_classes(run_dir) or {"head": tuple(classes)}, classes)
 
 
 @torch.no_grad()

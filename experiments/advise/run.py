@@ -190,7 +190,8 @@ def rule_v3(cv: dict, source_acc: float | None, chance: float, labels_per_class:
     """The rule of round 3 (set on the design cells and rounds 1-2, measured on round 3's),
     frozen here as it was: the default is ``from_source`` for a new head (``source_acc``
     None), else ``finetune_all`` at every k; another regime replaces it when its paired gain
-    over the default clears 1 point and ``noise`` standard errors; k = 1 as today's rule."""
+    over the default clears 1 point and ``noise`` standard errors; k = 1 as today's rule, but
+    with the float comparison it had (1 right of 10 is 10.000000149 % in float32: "above" 10 %)."""
     if cv:
         default = "from_source" if source_acc is None else "finetune_all"
         gains = {r: paired_gain(cv, r, default) for r in cv if r != default}
