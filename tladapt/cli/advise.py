@@ -24,8 +24,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     advise.add_argument("--steps", type=int, default=300, help="fine-tuning steps per run (default 300)")
     advise.add_argument("--folds", type=int, default=3, help="cross-validation splits of the labelled samples (default 3)")
     advise.add_argument("--margin", type=float, default=1.0,
-                        help="points a regime must beat the default (finetune_all; from_source for a new head) by in "
-                             "cross-validation (default 1)")
+                        help="points a regime must beat from_source by in cross-validation (a new head, or >= 5 "
+                             "labelled samples per class; below that a source head is kept) (default 1)")
     advise.add_argument("--noise", type=float, default=2.0,
                         help="paired standard errors over the folds it must beat the default by, too (default 2)")
     advise.add_argument("--seeds", help="seeds: the first draws the labelled samples advised on; --verify runs all")
