@@ -36,7 +36,9 @@ ROOT = HERE.parents[1]
 MD = HERE.parent / "taxonomy.md"
 SEEDS = [0, 1, 2]
 K = [1, 3, 10]
-COIL = ["model.backbone='mlp'", "model.hidden=[256, 128]"]  # cut: LeNet on 32x32 takes ~250 ms a step here
+# the COIL configs' MLP (LeNet on 32x32 takes ~250 ms a step here), also for COIL's self-taught runs, whose
+# base config (selftaught_digits_base.toml) has the digits' LeNet
+COIL = ["model.backbone='mlp'", "model.hidden=[256, 128]"]
 
 
 def fmt(values: list[float]) -> str:
