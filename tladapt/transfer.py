@@ -101,8 +101,8 @@ def load_model(run_dir: str | Path, input_shape: tuple[int, ...] | None = None,
         ``(the run's config, nn.ModuleDict(backbone=..., head=...))``.
 
     Raises:
-        ConfigError: if ``config.json`` or ``checkpoint.pt`` is missing, or the weights
-            do not fit the model the config describes.
+        ConfigError: if ``config.json`` or ``checkpoint.pt`` is missing, the checkpoint has no
+            module ``head``, or the weights do not fit the model the config describes.
     """
     run_dir = Path(run_dir)
     for name in ("config.json", "checkpoint.pt"):
