@@ -51,6 +51,8 @@ class Autoencoder:
     labels are read. Logs nothing besides its loss.
     """
 
+    module_names = ("decoder",)  # what tladapt_setup registers (trainer.lr_mult is checked before any run)
+
     @dataclass
     class Options:
         """``[plugins.autoencoder]`` options."""

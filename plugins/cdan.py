@@ -77,6 +77,8 @@ class CDAN:
     reversed gradient into them).
     """
 
+    module_names = ("cdan_discriminator",)  # what tladapt_setup registers (trainer.lr_mult is checked before any run)
+
     @dataclass
     class Options(DANN.Options):
         """``[plugins.cdan]`` options: DANN's (weight, GRL schedule, discriminator) and the conditioning."""

@@ -33,6 +33,8 @@ class DANN:
     batch_safe = True  # no per-run Python state in the step: seeds train as one batch (tladapt.batched)
     batch_scalars = ("weight", "gamma", "max_lambda")  # may differ between the runs of one batch
 
+    module_names = ("domain_discriminator",)  # what tladapt_setup registers (trainer.lr_mult is checked before any run)
+
     @dataclass
     class Options:
         """``[plugins.dann]`` options."""

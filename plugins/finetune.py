@@ -58,6 +58,8 @@ class Finetune:
     capture_safe = True  # per-step work: device ops of static shapes (trainer.compile = "cudagraph")
     batch_safe = True  # no per-run Python state in the step: seeds train as one batch (tladapt.batched)
 
+    module_names = ()  # what tladapt_setup registers (trainer.lr_mult is checked before any run)
+
     @dataclass
     class Options:
         """``[plugins.finetune]`` options."""

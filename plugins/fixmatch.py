@@ -76,6 +76,8 @@ class FixMatch:
 
     source_free = True
 
+    module_names = ()  # what tladapt_setup registers (trainer.lr_mult is checked before any run)
+
     @dataclass
     class Options:
         """``[plugins.fixmatch]`` options."""

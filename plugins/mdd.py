@@ -55,6 +55,8 @@ class MDD:
     adversary's aim: low on the source, high on the target).
     """
 
+    module_names = ("mdd_head",)  # what tladapt_setup registers (trainer.lr_mult is checked before any run)
+
     @dataclass
     class Options:
         """``[plugins.mdd]`` options."""

@@ -82,6 +82,9 @@ class MultiTask:
         if len(set(options.domains)) != len(options.domains):
             raise ConfigError(f"plugins.multitask.domains lists a domain twice: {options.domains}")
         self.options = options
+        #: what tladapt_setup registers (trainer.lr_mult is checked before any run)
+        self.module_names = tuple(f"head_{name}" for name in options.domains) + (
+            ("task_log_vars",) if options.weighting == "uncertainty" else ())
 
     @tladapt.hookimpl
     def tladapt_check(self, config, task):

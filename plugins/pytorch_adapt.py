@@ -133,6 +133,8 @@ class PytorchAdapt:
             self.layers[name] = self._build(layers, term, where)
             self._check_inputs(term, where)
             self.terms[name] = term
+        #: what tladapt_setup registers (trainer.lr_mult is checked before any run): the layers with state
+        self.module_names = tuple(f"pytorch_adapt_{name}" for name, layer in self.layers.items() if _has_state(layer))
         used = {i for t in self.terms.values() for i in _flatten(t.inputs)}
         self.source_free = all(i.endswith("_t") for i in used)
 
@@ -171,7 +173,7 @@ class PytorchAdapt:
         if trainer.source is None and not self.source_free:
             raise ConfigError("plugins.pytorch_adapt reads source outputs, but the run is source-free")
         for name, layer in self.layers.items():
-            if any(True for _ in layer.parameters()) or any(True for _ in layer.buffers()):
+            if _has_state(layer):
                 self.layers[name] = trainer.add_module(f"pytorch_adapt_{name}", layer)
 
     @tladapt.hookimpl
@@ -196,6 +198,11 @@ class PytorchAdapt:
                                   f"number (a loss; e.g. EntropyLoss needs return_mean = true)")
             terms[name] = tladapt.Term(value.reshape(()), term.weight)
         return terms
+
+
+def _has_state(layer: nn.Module) -> bool:
+    """Whether a layer holds parameters or buffers (it is registered with the trainer then)."""
+    return any(True for _ in layer.parameters()) or any(True for _ in layer.buffers())
 
 
 def _flatten(inputs: list) -> list[str]:

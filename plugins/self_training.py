@@ -311,6 +311,8 @@ class SelfTraining:
     #: Uses target outputs only, so it may run in a source-free run (``data.source_free``).
     source_free = True
 
+    module_names = ()  # what tladapt_setup registers (trainer.lr_mult is checked before any run)
+
     @dataclass
     class Options:
         """``[plugins.self_training]`` options."""

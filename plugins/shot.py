@@ -54,6 +54,8 @@ class SHOT:
 
     source_free = True
 
+    module_names = ()  # what tladapt_setup registers (trainer.lr_mult is checked before any run)
+
     @dataclass
     class Options:
         """``[plugins.shot]`` options."""

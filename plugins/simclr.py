@@ -33,6 +33,8 @@ class SimCLR:
     Registers the module ``projection`` (``feature_dim -> hidden -> out``). No labels are read.
     """
 
+    module_names = ("projection",)  # what tladapt_setup registers (trainer.lr_mult is checked before any run)
+
     @dataclass
     class Options:
         """``[plugins.simclr]`` options."""

@@ -1,6 +1,7 @@
 """Every check before any work: bad input fails naming the key, before any run directory exists;
 plugins' contract is checked at the boundary (shapes on the first step, tags' owners)."""
 
+import re
 import textwrap
 from pathlib import Path
 
@@ -209,3 +210,52 @@ def test_tensor_bandwidths_are_checked_like_numbers():
         mmd(x, y, scales=torch.tensor([1.0, -2.0]))
     sigma2 = kernel_bandwidths(x, y)
     assert mmd(x, y, bandwidth=sigma2) == mmd(x, y)  # the data-driven values, passed on unread
+
+
+# ---------------------------------------------------------------- trainer.lr_mult against the plugins' modules
+class Undeclared:
+    """A plugin that may register modules in tladapt_setup but does not name them."""
+
+    @tladapt.hookimpl
+    def tladapt_setup(self, trainer):
+        pass
+
+
+@pytest.mark.parametrize("overrides", [(), ("plugins.finetune.init='scratch'",), ("plugins.dann.hidden=[8]",)])
+def test_an_lr_mult_key_no_module_has_is_refused_before_any_run(fast_config, overrides):
+    config = fast_config(*overrides, "trainer.lr_mult={zzz=0.1}", "model.shared_head=false",
+                         "data.target_labels_per_class=3")
+    with pytest.raises(ConfigError, match=r"trainer.lr_mult names unknown module 'zzz': the run's modules are "
+                                          r"backbone, head, source_head"):
+        run_experiment(config)
+    assert not runs_of(config).exists()
+
+
+def test_lr_mult_keys_of_plugin_modules_pass_and_an_undeclared_plugin_leaves_the_check_to_the_run(fast_config):
+    from tladapt.experiment import prepare
+
+    prepare(fast_config("plugins.dann.hidden=[8]", "trainer.lr_mult={domain_discriminator=0.1, head=2.0}"))
+    config = fast_config("trainer.lr_mult={zzz=0.1}")
+    with pytest.raises(ConfigError, match=r"trainer.lr_mult names unknown module\(s\) zzz"):
+        make_trainer(config, [("undeclared", Undeclared, {})], prepared=False)  # found when the modules exist
+
+
+@pytest.mark.parametrize("overrides", [
+    ("plugins.dann.hidden=[8]",), ("plugins.cdan={}",), ("plugins.mdd={}",), ("plugins.finetune.init='scratch'",),
+    ("plugins.fixmatch={}",), ("plugins.self_training={}",),
+    ("data.source_labels=false", "plugins.autoencoder={}"), ("data.source_labels=false", "plugins.simclr={}"),
+    ("data.target_labels_per_class=3", "model.shared_head=false", "plugins.multitask.domains=['amazon', 'caltech']",
+     "plugins.multitask.weighting='uncertainty'"),
+], ids=lambda o: re.match(r"plugins\.(\w+)", o[-1]).group(1))
+def test_each_plugins_module_names_are_what_its_setup_registers(fast_config, overrides):
+    t = make_trainer(fast_config(*overrides))
+    name = re.match(r"plugins\.(\w+)", overrides[-1]).group(1)
+    plugin = t.pm.get_plugin(name)
+    assert set(t.modules) - {"backbone", "head", "source_head"} == set(plugin.module_names)
+
+
+def test_shots_module_names_are_what_its_setup_registers(fast_config, source_model):
+    from conftest import TWO
+
+    t = make_trainer(fast_config(TWO, "data.source_free=true", f"model.init_from='{source_model}'", "plugins.shot={}"))
+    assert set(t.modules) - {"backbone", "head"} == set(t.pm.get_plugin("shot").module_names) == set()

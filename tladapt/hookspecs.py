@@ -91,7 +91,10 @@ def tladapt_setup(trainer):
     task's domains are on the training device, before the optimizer is built.
     Register a module with ``trainer.add_module(name, module, lr_mult=...)`` so it
     gets the device, an optimizer parameter group and a place in checkpoints.
-    ``trainer.feature_dim`` and ``trainer.num_classes`` give the sizes.
+    ``trainer.feature_dim`` and ``trainer.num_classes`` give the sizes. Name the
+    modules in the plugin's ``module_names`` (a tuple, ``()`` for none; set in
+    ``__init__`` when the options decide them) so that ``trainer.lr_mult`` keys
+    are checked before any run; without it they are checked at registration.
 
     Args:
         trainer: the :class:`tladapt.trainer.Trainer` of this run.

@@ -12,8 +12,9 @@ known only once the transform ran in the run: the model checks are left to the r
 plugin checks what decides the shape in its own ``tladapt_check``).
 
 What cannot be known before training stays with the run: metric tags that plugins add
-at evaluation (``trainer.keep_best`` on a plugin's tag), learning-rate multipliers of
-modules that plugins register in ``tladapt_setup``, a loss that diverges.
+at evaluation (``trainer.keep_best`` on a plugin's tag), learning-rate multipliers of paths
+inside modules that plugins register in ``tladapt_setup`` (their top-level names are checked
+against the plugins' ``module_names``), a loss that diverges.
 """
 
 from __future__ import annotations
@@ -127,7 +128,7 @@ def check_task(config: Config, pm: pluggy.PluginManager, task: str) -> TaskPrevi
         if "source_head" in classes:  # as the trainer builds it
             with torch.device("meta"):
                 modules["source_head"] = nn.Linear(backbone.out_features, len(classes["source_head"]))
-        _check_lr_mult(config, modules)
+        _check_lr_mult(config, modules, pm)
         if config.model.init_from:
             _check_init_from(config.model.init_from, task, config.experiment.seeds, modules, classes)
     preview = TaskPreview(task, splits.source, splits.source_val, target_rest, splits.target_labelled,
@@ -164,14 +165,28 @@ def _meta_model(config: Config, input_shape: tuple[int, ...], num_classes: int) 
     return backbone, head
 
 
-def _check_lr_mult(config: Config, modules: nn.ModuleDict) -> None:
-    """``trainer.lr_mult`` paths into the backbone and head exist (other keys name plugin
-    modules, checked when they are registered)."""
+def _check_lr_mult(config: Config, modules: nn.ModuleDict, pm: pluggy.PluginManager) -> None:
+    """``trainer.lr_mult`` paths into the trainer's modules exist, and every other key names a
+    module a plugin registers. Plugins register modules in ``tladapt_setup`` and declare their
+    names in ``module_names``; a path inside a plugin's module, and any key when some plugin
+    with ``tladapt_setup`` declares nothing, are checked when the modules are registered."""
     names = [n for n, _ in modules.named_parameters()]
+    declared: set[str] = set()
+    undeclared = []
+    for impl in pm.hook.tladapt_setup.get_hookimpls():
+        got = getattr(impl.plugin, "module_names", None)
+        if got is None:
+            undeclared.append(impl.plugin_name)
+        else:
+            declared |= set(got)
     for key in config.trainer.lr_mult:
-        if key.split(".")[0] in modules and not any(n == key or n.startswith(key + ".") for n in names):
+        top = key.split(".")[0]
+        if top in modules and not any(n == key or n.startswith(key + ".") for n in names):
             raise ConfigError(f"trainer.lr_mult names unknown module {key!r}: the model's parameters are under "
                               f"{', '.join(sorted({n.rsplit('.', 1)[0] for n in names}))}")
+        if top not in modules and top not in declared and not undeclared:
+            raise ConfigError(f"trainer.lr_mult names unknown module {key!r}: the run's modules are "
+                              f"{', '.join([*modules, *sorted(declared)])} (or dotted paths inside them)")
 
 
 def _check_optimizer(config: Config) -> None:
