@@ -77,7 +77,10 @@ def test_dann_schedule_and_lr_multipliers_reach_the_optimizer(fast_config):
 
 def test_unknown_lr_mult_module_is_an_error(fast_config):
     with pytest.raises(ConfigError, match=r"trainer.lr_mult names unknown module\(s\) bogus: modules are backbone, head"):
-        make_trainer(fast_config("trainer.lr_mult={bogus=0.1}"))
+        make_trainer(fast_config("trainer.lr_mult={bogus=0.1}"), prepared=False)  # the run's own check
+    with pytest.raises(ConfigError, match=r"trainer.lr_mult names unknown module 'bogus': the run's modules are "
+                                          r"backbone, head \(or dotted paths inside them\)"):
+        make_trainer(fast_config("trainer.lr_mult={bogus=0.1}"))  # and the one before any run
 
 
 class Weights:
