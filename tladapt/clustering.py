@@ -36,8 +36,8 @@ from pathlib import Path
 import numpy as np
 
 __all__ = ["ClusterScores", "contingency", "nmi", "ari", "cluster_accuracy", "score_clusters", "cluster_labels",
-           "METHODS", "represent", "knn_accuracy", "reduction_scores", "cluster_task",
-           "clusterable_target"]
+           "check_clustering", "METHODS", "SPECTRAL_NEIGHBOURS", "represent", "knn_folds", "check_knn", "knn_accuracy",
+           "check_reduction", "reduction_scores", "cluster_task", "clusterable_target"]
 
 METHODS = ("kmeans", "gmm", "spectral")
 
@@ -100,9 +100,12 @@ def nmi(y_true: np.ndarray, y_pred: np.ndarray) -> float:
 def ari(y_true: np.ndarray, y_pred: np.ndarray) -> float:
     """Adjusted Rand index (Hubert & Arabie, 1985):
     ``(Σ C(n_ij, 2) - E) / ((Σ C(a_i, 2) + Σ C(b_j, 2)) / 2 - E)`` with
-    ``E = Σ C(a_i, 2) Σ C(b_j, 2) / C(n, 2)``; 1.0 for identical partitions (also the
-    degenerate cases where the denominator is 0)."""
+    ``E = Σ C(a_i, 2) Σ C(b_j, 2) / C(n, 2)``; 1.0 for identical partitions, also in the
+    degenerate cases where the denominator is 0 or there is no pair (one sample), as
+    scikit-learn's ``adjusted_rand_score``."""
     n = contingency(y_true, y_pred).astype(np.float64)
+    if n.sum() < 2:  # one sample: no pair to disagree on
+        return 1.0
     pairs = lambda m: (m * (m - 1) / 2).sum()  # noqa: E731
     index, a, b = pairs(n), pairs(n.sum(1)), pairs(n.sum(0))
     expected = a * b / pairs(np.array([n.sum()]))
@@ -127,36 +130,59 @@ def score_clusters(y_true: np.ndarray, y_pred: np.ndarray) -> ClusterScores:
 
 
 # ---------------------------------------------------------------- clustering and representations
+#: Neighbours of each sample in the spectral clustering's affinity graph (the sample included).
+SPECTRAL_NEIGHBOURS = 10
+
+
+def check_clustering(n_samples: int, n_clusters: int, method: str) -> None:
+    """That ``method`` can cluster ``n_samples`` samples into ``n_clusters`` (what
+    :func:`cluster_labels` would otherwise leave to scikit-learn's errors).
+
+    Raises:
+        ValueError: for an unknown method, ``n_clusters`` outside ``[1, n_samples]``, or
+            spectral clustering of fewer samples than its :data:`SPECTRAL_NEIGHBOURS`.
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown clustering method {method!r}: expected one of {', '.join(METHODS)}")
+    if not 1 <= n_clusters <= n_samples:
+        raise ValueError(f"{method} cannot make {n_clusters} clusters of {n_samples} samples: expected 1 to "
+                         f"{n_samples} clusters")
+    if method == "spectral" and n_samples < SPECTRAL_NEIGHBOURS:
+        raise ValueError(f"spectral clustering links each sample to its {SPECTRAL_NEIGHBOURS} nearest neighbours "
+                         f"(itself included): expected at least {SPECTRAL_NEIGHBOURS} samples, got {n_samples}")
+
+
 def cluster_labels(x: np.ndarray, n_clusters: int, method: str = "kmeans", seed: int = 0) -> np.ndarray:
     """Cluster the rows of ``x`` without labels.
 
     Args:
         x: ``(n, d)`` float features.
-        n_clusters: k.
+        n_clusters: k, from 1 to n.
         method: ``"kmeans"`` (``KMeans(n_init=10)``), ``"gmm"`` (``GaussianMixture``,
             diagonal covariances, ``reg_covar = 1e-4``, k-means initialisation) or
-            ``"spectral"`` (``SpectralClustering``, 10-nearest-neighbour affinity,
-            k-means label assignment).
+            ``"spectral"`` (``SpectralClustering``, affinity graph of the
+            :data:`SPECTRAL_NEIGHBOURS` = 10 nearest neighbours, k-means label assignment;
+            needs n >= 10).
         seed: the estimator's ``random_state``.
 
     Returns:
         ``(n,)`` int cluster indices.
 
     Raises:
-        ValueError: for an unknown method.
+        ValueError: as :func:`check_clustering` (an unknown method, too many clusters,
+            spectral clustering of fewer than 10 samples), before any fit.
     """
     from sklearn.cluster import KMeans, SpectralClustering
     from sklearn.mixture import GaussianMixture
 
     x = np.asarray(x, dtype=np.float64)
+    check_clustering(len(x), n_clusters, method)
     if method == "kmeans":
         return KMeans(n_clusters, n_init=10, random_state=seed).fit_predict(x)
     if method == "gmm":
         return GaussianMixture(n_clusters, covariance_type="diag", reg_covar=1e-4, random_state=seed).fit_predict(x)
-    if method == "spectral":
-        return SpectralClustering(n_clusters, affinity="nearest_neighbors", n_neighbors=10, random_state=seed,
-                                  assign_labels="kmeans").fit_predict(x)
-    raise ValueError(f"unknown clustering method {method!r}: expected one of {', '.join(METHODS)}")
+    return SpectralClustering(n_clusters, affinity="nearest_neighbors", n_neighbors=SPECTRAL_NEIGHBOURS,
+                              random_state=seed, assign_labels="kmeans").fit_predict(x)
 
 
 def represent(domain, spec: str, layer: str = "backbone") -> np.ndarray:
@@ -179,29 +205,105 @@ def represent(domain, spec: str, layer: str = "backbone") -> np.ndarray:
     return extract_features(model, domain.inputs(), layer).numpy()
 
 
+def knn_folds(y: np.ndarray, folds: int = 5, seed: int = 0):
+    """The stratified cross-validation of :func:`knn_accuracy`: ``min(folds, smallest class)``
+    folds (every fold tests a sample of every class), shuffled with ``seed``.
+
+    Args:
+        y: ``(n,)`` int class labels.
+
+    Returns:
+        A ``sklearn.model_selection.StratifiedKFold``.
+
+    Raises:
+        ValueError: when ``folds < 2`` or a class has fewer than 2 samples (no split trains
+            and tests on it).
+    """
+    from sklearn.model_selection import StratifiedKFold
+
+    smallest = int(np.unique(np.asarray(y), return_counts=True)[1].min())
+    if folds < 2 or smallest < 2:
+        raise ValueError(f"k-NN cross-validation needs at least 2 folds and 2 samples of every class, got {folds} "
+                         f"folds and {smallest} sample(s) in the smallest class")
+    return StratifiedKFold(min(folds, smallest), shuffle=True, random_state=seed)
+
+
+def check_knn(y: np.ndarray, k: int, folds: int = 5, seed: int = 0) -> int:
+    """That a ``k``-NN classifier can be cross-validated on labels ``y`` as :func:`knn_accuracy`
+    does; returns the number of folds it uses.
+
+    Raises:
+        ValueError: as :func:`knn_folds`, or for ``k`` outside ``[1, smallest training fold]``
+            (a fold's classifier needs ``k`` training samples).
+    """
+    cv = knn_folds(y, folds, seed)
+    y = np.asarray(y)
+    smallest = min(len(train) for train, _ in cv.split(np.zeros((len(y), 1)), y))
+    if not 1 <= k <= smallest:
+        raise ValueError(f"k = {k} neighbours: expected 1 to {smallest} (the fewest training samples of the "
+                         f"{cv.get_n_splits()} cross-validation folds of {len(y)} samples)")
+    return cv.get_n_splits()
+
+
 def knn_accuracy(x: np.ndarray, y: np.ndarray, k: int = 1, folds: int = 5, seed: int = 0) -> float:
-    """Accuracy (%) of a Euclidean k-NN classifier under stratified ``folds``-fold
-    cross-validation on ``(x, y)`` (an oracle score of a representation: it reads ``y``)."""
-    from sklearn.model_selection import StratifiedKFold, cross_val_score
+    """Accuracy (%) of a Euclidean k-NN classifier under stratified cross-validation on
+    ``(x, y)`` (an oracle score of a representation: it reads ``y``).
+
+    Args:
+        x: ``(n, d)`` float features.
+        y: ``(n,)`` int class labels.
+        k: neighbours, at most the smallest training fold (:func:`check_knn`).
+        folds: at most this many folds: fewer when the smallest class has fewer samples
+            (:func:`knn_folds`: ``min(folds, smallest class)``, every fold testing every class).
+        seed: the shuffle of the folds.
+
+    Raises:
+        ValueError: as :func:`check_knn` (a class of fewer than 2 samples, ``k`` too large).
+    """
+    from sklearn.model_selection import cross_val_score
     from sklearn.neighbors import KNeighborsClassifier
 
-    folds = min(folds, int(np.bincount(np.asarray(y)).min()))
-    cv = StratifiedKFold(folds, shuffle=True, random_state=seed)
-    return 100.0 * float(cross_val_score(KNeighborsClassifier(k), x, y, cv=cv).mean())
+    check_knn(y, k, folds, seed)
+    return 100.0 * float(cross_val_score(KNeighborsClassifier(k), x, y, cv=knn_folds(y, folds, seed)).mean())
+
+
+def check_reduction(n_components: int, dims: int, n_source: int, n_target: int) -> None:
+    """That PCA to ``n_components`` can be fit on both the source and the target.
+
+    Raises:
+        ValueError: unless ``1 <= n_components <= min(dims, n_source, n_target)`` (PCA keeps
+            at most as many components as features and as samples; clamping would score
+            another reduction than the one asked for).
+    """
+    limit = min(dims, n_source, n_target)
+    if not 1 <= n_components <= limit:
+        raise ValueError(f"{n_components} components: expected 1 to {limit} (the fewest of {dims} input dimensions, "
+                         f"{n_source} source and {n_target} target samples)")
 
 
 def reduction_scores(source_x: np.ndarray, target_x: np.ndarray, target_y: np.ndarray, n_components: int,
                      k: int = 1, seed: int = 0) -> dict[str, float]:
     """Dimension reduction transferred from the source, scored on the target by k-NN (oracle).
 
+    Args:
+        source_x, target_x: ``(n_s, d)`` and ``(n_t, d)`` float inputs.
+        target_y: ``(n_t,)`` int target labels (read by the k-NN score only).
+        n_components: the reduced dimension, from 1 to ``min(d, n_s, n_t)``.
+        k, seed: as :func:`knn_accuracy`.
+
     Returns:
         ``{"input": acc, "pca_target": acc, "pca_source": acc}``: k-NN accuracy (%) on the
         raw target, on PCA fit on the target, and on PCA fit on the **source** and applied
-        to the target (the transferred reduction), each with ``n_components`` dimensions.
+        to the target (the transferred reduction), each with exactly ``n_components``
+        dimensions.
+
+    Raises:
+        ValueError: as :func:`check_reduction` and :func:`check_knn`, before any fit.
     """
     from sklearn.decomposition import PCA
 
-    n_components = min(n_components, source_x.shape[1], len(source_x), len(target_x))
+    check_reduction(n_components, target_x.shape[1], len(source_x), len(target_x))
+    check_knn(target_y, k, seed=seed)
     on_source = PCA(n_components, random_state=seed).fit(source_x).transform(target_x)
     on_target = PCA(n_components, random_state=seed).fit_transform(target_x)
     return {"input": knn_accuracy(target_x, target_y, k, seed=seed),
@@ -236,10 +338,14 @@ def cluster_task(config, task: str, representations: dict[str, str], methods: li
 
     Raises:
         ConfigError: as :func:`clusterable_target`.
+        ValueError: as :func:`check_clustering` for a method the target does not suit
+            (checked before any representation is computed).
     """
     target = clusterable_target(config, task)
     y = target.y.numpy()
     k = len(np.unique(y))
+    for method in methods:
+        check_clustering(len(y), k, method)
     rows = []
     for label, spec in representations.items():
         x = represent(target, spec, layer)
