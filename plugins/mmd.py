@@ -21,7 +21,6 @@ is ``sigma2`` (sigma squared), with ``sigma2_k = base * scales[k]``.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Literal
 

@@ -39,7 +39,6 @@ import torch.nn.functional as F
 from torch import nn
 
 import tladapt
-from tladapt.config import ConfigError
 from tladapt.losses import entropy
 
 TEACHERS = ("model", "ema")

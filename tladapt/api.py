@@ -194,7 +194,6 @@ def load_run(run_dir: str | Path, *, device: str = "cpu") -> TrainedRun:
         ConfigError: a missing file, a run that did not finish, a checkpoint that is not
             a plain-tensor file, or weights that do not fit the config's model.
     """
-    import torch
     from torch import nn
 
     from tladapt import checkpoint

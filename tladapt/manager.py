@@ -27,7 +27,7 @@ from typing import Any, Iterable
 import pluggy
 
 from tladapt import hookspecs
-from tladapt.errors import ConfigError, PluginError
+from tladapt.errors import ConfigError
 from tladapt.options import validate_dataclass
 
 PROJECT = "tladapt"

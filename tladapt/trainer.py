@@ -84,7 +84,6 @@ def resolve_device(name: str) -> torch.device:
     return torch.device("cuda", ctx.local_rank) if device.type == "cuda" and ctx.active else device
 
 
-
 def nothing_to_train(config: Config, found: str) -> ConfigError:
     """The error of a run with no supervised loss (``data.source_free = true`` or ``data.source_labels
     = false``, and ``data.target_labels_per_class = 0``) where no plugin ``found`` a loss term:
@@ -95,6 +94,7 @@ def nothing_to_train(config: Config, found: str) -> ConfigError:
                        f"and no active plugin {found} (enable a plugin that trains without labels, e.g. "
                        "[plugins.shot] source-free, [plugins.autoencoder] or [plugins.simclr] for an unlabelled "
                        "source)")
+
 
 class Trainer:
     """Trains one task with one seed and the active plugins.

@@ -119,7 +119,7 @@ def _print_results(results: list[dict], runs_dir: str | None) -> None:
     if unscored:
         tags = sorted({k for r in unscored for k in r["final"] if k.startswith("loss/")})
         root = os.path.commonpath([str(Path(r["run_dir"]).parents[2]) for r in unscored])  # <runs>/<experiment>
-        print(f"\nNext: start a run from one of these with tladapt run TARGET.toml --init-from RUN_DIR (its backbone; "
+        print("\nNext: start a run from one of these with tladapt run TARGET.toml --init-from RUN_DIR (its backbone; "
               "a new head for the target)" + (f", or tabulate them: tladapt table {root} --metric {tags[0]}" if tags else ""))
     for note in _clamp_notes(results):
         print(f"tladapt: note: {note}", file=sys.stderr)
