@@ -159,6 +159,18 @@ def test_one_label_per_class_uses_the_source_heads_accuracy(fast_config, source_
     assert c.source_acc_labelled is None and c.basis == "k = 1, a new head"
 
 
+def test_load_model_loads_the_head_it_is_asked_for(source_model):
+    from tladapt.errors import ConfigError
+    from tladapt.transfer import head_classes, head_for
+
+    assert head_for(source_model, head_classes(source_model)["head"]) == "head"
+    assert head_for(source_model, ("back_pack", "bike")) is None  # two of its ten classes: a new head
+    _, model = load_model(source_model, head="head")
+    assert model["head"].out_features == 10
+    with pytest.raises(ConfigError, match="checkpoint.pt has no module 'source_head'"):
+        load_model(source_model, head="source_head")
+
+
 @pytest.mark.slow
 def test_the_advise_command(source_model, tmp_path, capsys):
     cfg = tmp_path / "c.toml"

@@ -67,6 +67,8 @@ def test_the_round_1_rule_decides_again_what_round_1_recorded():
 
 
 @pytest.mark.parametrize("cell_set, rule, within, below", [
+    ("heldout", "rule_v1", 20, 2),  # round 1's rule on round 1's cells, as published
+    ("heldout2", "rule_v2", 19, 4),  # round 2's rule on round 2's cells, as published
     ("heldout3", "rule_v3", 20, 0),  # round 3's rule on round 3's cells, as published
     ("heldout4", "rule_v4", 52, 4),  # round 4's rule on round 4's cells (53 as run: the float tie, see _k1)
     ("heldout5", "today", 23, 1),  # today's rule (tladapt.advice.decide) on round 5's cells
@@ -77,7 +79,7 @@ def test_the_frozen_rules_give_their_rounds_published_scores(cell_set, rule, wit
     mod = load_experiment()
     raw = json.loads((ROOT / "experiments" / "advise" / "results.json").read_text())
     scores = [mod.score(r, None if rule == "today" else getattr(mod, rule)) for r in raw if r["set"] == cell_set]
-    assert len(scores) == {"heldout3": 28, "heldout4": 56, "heldout5": 32}[cell_set]
+    assert len(scores) == {"heldout": 28, "heldout2": 28, "heldout3": 28, "heldout4": 56, "heldout5": 32}[cell_set]
     assert sum(s["gap"] <= 1.0 for s in scores) == within and sum(s["vs_finetune"] < 0 for s in scores) == below
 
 
